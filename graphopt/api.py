@@ -1,0 +1,148 @@
+"""``graphopt.optimize``: load → check data → run the pipeline → gate → save → report.
+
+This is the whole job; the CLI only parses flags into a :class:`~graphopt.pipeline.Pipeline`
+and calls :func:`optimize`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import onnx_ir as ir
+
+from graphopt.cache import PassCache
+from graphopt.console import WarningLog
+from graphopt.data import DataSet, input_specs, load_data
+from graphopt.errors import InputError
+from graphopt.manager import PassManager
+from graphopt.model_io import (
+    ModelLike,
+    check_output_path,
+    initializer_bytes,
+    load_model,
+    model_hash,
+    normalize_model,
+    save_model,
+)
+from graphopt.pass_base import GraphoptPass, PassContext
+from graphopt.pipeline import Pipeline
+from graphopt.report import Report
+from graphopt.target import Target, make_target
+from graphopt.versions import library_versions
+
+DataLike = str | os.PathLike | DataSet
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    model: ir.Model
+    report: Report
+    output_path: Path | None
+    passed: bool
+    """False when the accuracy budget was not met (the CLI exits 1; no output is written)."""
+
+
+def default_output_path(model_path: Path) -> Path:
+    """``<stem>.opt.onnx`` beside the input."""
+    return model_path.with_name(f"{model_path.stem}.opt.onnx")
+
+
+def optimize(
+    model: ModelLike,
+    output: str | os.PathLike | None = None,
+    *,
+    passes: list[GraphoptPass] | None = None,
+    pipeline: Pipeline | None = None,
+    calib_data: DataLike | None = None,
+    eval_data: DataLike | None = None,
+    target: str | Target | None = None,
+    max_accuracy_drop: float | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> OptimizeResult:
+    """Optimize ``model`` and return the new model with its report.
+
+    ``passes`` (or a ``pipeline``) say what to run; by default only ``simplify``. ``output`` is
+    written atomically (never over the input) unless the accuracy budget is missed. Raises
+    :class:`~graphopt.errors.GraphoptError` subclasses for bad input.
+    """
+    started = time.perf_counter()
+    input_path = None if isinstance(model, ir.Model | bytes) or not isinstance(model, str | os.PathLike) else Path(model)
+    output_path = Path(output) if output is not None else None
+    if output_path is not None:
+        check_output_path(output_path, input_path)
+    if pipeline is None:
+        from graphopt.passes.simplify import SimplifyPass
+
+        pipeline = Pipeline(passes if passes is not None else [SimplifyPass()], None, None)
+    elif passes is not None:
+        raise InputError("give either passes or a pipeline, not both")
+    budget = max_accuracy_drop if max_accuracy_drop is not None else pipeline.max_accuracy_drop
+    if budget is not None and budget < 0:
+        raise InputError(f"--max-accuracy-drop must be ≥ 0 percentage points, got {budget}")
+
+    loaded = load_model(model)
+    source_model = loaded.clone() if not isinstance(model, str | os.PathLike) else loaded
+    notes = normalize_model(source_model)
+    specs = input_specs(source_model)
+    calib = _data(calib_data, "calibration", specs)
+    evaluation = _data(eval_data, "evaluation", specs)
+    resolved = _target(target if target is not None else pipeline.target)
+
+    context = PassContext(target=resolved, calib=calib, eval=evaluation, max_accuracy_drop=budget,
+                          warnings=WarningLog())
+    manager = PassManager(pipeline.passes, context, PassCache(Path(cache_dir) if cache_dir else None, enabled=cache))
+    result = manager(source_model)
+
+    comparison = result.comparison
+    passed = True
+    gate = None
+    if budget is not None and comparison is not None and evaluation is not None:
+        passed = comparison.worst_drop <= budget
+        gate = {"max_accuracy_drop": budget, "drop": comparison.worst_drop, "passed": passed}
+    if result.comparison_data is not None and result.comparison_data.synthetic:
+        notes.append("outputs compared on generated probe inputs; give --eval-data for real accuracy")
+
+    written = None
+    if output_path is not None and passed:
+        written = save_model(result.model, output_path, input_path=input_path)
+
+    reference_metrics = None
+    if comparison is not None:
+        reference_metrics = {m.output: {"kind": m.kind, "value": m.reference_value} for m in comparison.metrics}
+    report = Report(
+        input_path=str(input_path) if input_path else None,
+        output_path=str(written) if written else None,
+        input_hash=model_hash(loaded),
+        output_hash=model_hash(result.model),
+        versions=library_versions(),
+        target=resolved.to_dict(),
+        rows=result.rows,
+        metrics_before=reference_metrics,
+        metrics_after={**comparison.to_dict(), "summary": comparison.summary()} if comparison else None,
+        size_before=initializer_bytes(source_model),
+        size_after=initializer_bytes(result.model),
+        total_seconds=time.perf_counter() - started,
+        notes=notes,
+        warnings=context.warnings.lines(),
+        quality_gate=gate,
+        eval_source=result.comparison_data.source if result.comparison_data else None,
+    )
+    return OptimizeResult(result.model, report, written, passed)
+
+
+def _data(data: DataLike | None, role: str, specs) -> DataSet | None:
+    if data is None:
+        return None
+    dataset = data if isinstance(data, DataSet) else load_data(data)
+    dataset.check_against(specs, role)
+    return dataset
+
+
+def _target(target: str | Target | None) -> Target:
+    if isinstance(target, Target):
+        return target
+    return make_target(target)

@@ -1,0 +1,149 @@
+"""The ``graphopt`` command line. It only builds the objects a Python user would build.
+
+Exit codes: 0 success, 1 a quality gate failed (or a pass could not produce a valid model),
+2 bad input or usage, 130 interrupted. Errors print one line; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from graphopt.target import TARGET_KINDS
+
+EXIT_INTERRUPTED = 130
+
+
+class GraphoptGroup(click.Group):
+    """Maps graphopt errors to one-line messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        from graphopt.errors import GraphoptError
+
+        debug = "--debug" in sys.argv or bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except GraphoptError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            click.echo(f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=GraphoptGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="graphopt")
+def main(debug: bool) -> None:
+    """graphopt: make ONNX models smaller and faster for a target, and prove they still work."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: <stem>.opt.onnx].")
+@click.option("--simplify/--no-simplify", default=True, show_default=True, help="Constant folding and cleanup (onnxsim + onnx_ir).")
+@click.option("--calib-data", type=click.Path(path_type=Path), help="Calibration data: .npz or a folder of them.")
+@click.option("--eval-data", type=click.Path(path_type=Path), help="Evaluation data (.npz, optional 'labels') to prove accuracy.")
+@click.option("--target", type=click.Choice(TARGET_KINDS), help="Where the model will run [default: best this machine runs].")
+@click.option("--max-accuracy-drop", type=float, metavar="PCT", help="Largest allowed quality drop, percentage points.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout instead of the table.")
+@click.option("--config", type=click.Path(path_type=Path), help="Pipeline file (YAML or JSON) listing passes and options.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Pass-result cache [default: $GRAPHOPT_CACHE_DIR or ~/.cache/graphopt].")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the pass-result cache.")
+@click.pass_context
+def optimize(ctx: click.Context, model: Path, output: Path | None, simplify: bool, calib_data: Path | None,
+             eval_data: Path | None, target: str | None, max_accuracy_drop: float | None, report_path: Path | None,
+             as_json: bool, config: Path | None, cache_dir: Path | None, no_cache: bool) -> None:
+    """Optimize MODEL for a target and report what changed and how accurate it stays."""
+    from graphopt.api import default_output_path
+    from graphopt.api import optimize as run_optimize
+    from graphopt.console import set_progress, stderr
+    from graphopt.errors import InputError, QualityGateError
+    from graphopt.model_io import check_output_path
+    from graphopt.pipeline import Pipeline
+    from graphopt.target import make_target
+
+    output = output or default_output_path(model)
+    check_output_path(output, model)
+    if report_path is not None:
+        check_output_path(report_path, model)
+    if config is not None:
+        explicit = [name for name in ("simplify",) if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if explicit:
+            raise InputError(f"--config lists the passes; do not also give --{'/--no-'.join(explicit)}")
+        pipeline = Pipeline.from_file(config)
+    else:
+        pipeline = Pipeline(pass_list_from_flags(simplify=simplify), None, None)
+    if target is not None:
+        pipeline.target = target
+    if not pipeline.passes:
+        raise InputError("no passes to run: enable at least one (e.g. --simplify)")
+    if not model.exists():  # before target detection, so the first line is the real problem
+        raise InputError(f"model file not found: {model}")
+    set_progress(not as_json)
+    resolved = make_target(pipeline.target)
+    stderr.print(f"target: {resolved.describe()}" + ("" if pipeline.target else " (pass --target in deployment pipelines)"))
+    result = run_optimize(model, output, pipeline=pipeline, calib_data=calib_data, eval_data=eval_data,
+                          target=resolved, max_accuracy_drop=max_accuracy_drop,
+                          cache=not no_cache, cache_dir=cache_dir)
+    if report_path is not None:
+        result.report.write_json(report_path)
+    if as_json:
+        click.echo(json.dumps(result.report.to_dict(), indent=2, default=str))
+    else:
+        from rich.console import Console
+
+        result.report.render(Console())
+    if not result.passed:
+        gate = result.report.quality_gate or {}
+        raise QualityGateError(
+            f"accuracy budget missed: quality dropped {gate.get('drop', 0):.2f} points "
+            f"(allowed {gate.get('max_accuracy_drop')}); no output written"
+        )
+    if not as_json:
+        stderr.print(f"wrote {result.output_path}")
+
+
+def pass_list_from_flags(*, simplify: bool):
+    """The passes the optimize flags ask for, in pipeline order (later issues add theirs here)."""
+    from graphopt.passes.simplify import SimplifyPass
+
+    passes = []
+    if simplify:
+        passes.append(SimplifyPass())
+    return passes
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=1x3x224x224", help="Fix an input's shape for FLOP counting.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def inspect(model: Path, shapes: tuple[str, ...], as_json: bool) -> None:
+    """Describe MODEL: inputs/outputs, opset, ops, parameters, sparsity, MACs, precision."""
+    from graphopt.inspection import inspect_model, parse_shape_overrides, render_inspection
+
+    info = inspect_model(model, parse_shape_overrides(shapes))
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+    else:
+        from rich.console import Console
+
+        render_inspection(info, Console())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

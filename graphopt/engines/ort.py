@@ -1,0 +1,108 @@
+"""onnxruntime sessions: created quietly, with the providers that actually loaded verified.
+
+onnxruntime falls back to the CPU provider without an error when a requested provider cannot
+load (missing CUDA libraries, no GPU); :class:`OrtEngine` records ``session.get_providers()``
+so reports say what really ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphopt.target import Target
+
+QUIET = 3  # onnxruntime log severity: errors only
+
+
+def session_options(threads: int | None = None, optimization: str = "all"):
+    """Quiet ``SessionOptions``; ``threads`` pins intra-op threads (benchmarks use 2)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = QUIET
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    options.graph_optimization_level = levels[optimization]
+    return options
+
+
+def model_bytes(model: ir.Model | onnx.ModelProto | bytes) -> bytes:
+    if isinstance(model, bytes):
+        return model
+    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
+    return proto.SerializeToString()
+
+
+@dataclasses.dataclass
+class OrtEngine:
+    """An onnxruntime session plus the providers that really loaded."""
+
+    session: object
+    providers: list[str]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run(None, feeds)
+        return dict(zip(self.output_names, outputs))
+
+    def run_batches(self, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Run every batch and concatenate each output along axis 0."""
+        collected: dict[str, list[np.ndarray]] = {}
+        for feeds in batches:
+            for name, value in self.run(feeds).items():
+                collected.setdefault(name, []).append(np.asarray(value))
+        return {name: _concat(parts) for name, parts in collected.items()}
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    if parts[0].ndim == 0:
+        return np.stack(parts)
+    return np.concatenate(parts, axis=0)
+
+
+def build(model: ir.Model | onnx.ModelProto | bytes, target: Target | None = None, *,
+          threads: int | None = None, providers: Sequence[str] | None = None,
+          optimization: str = "all") -> OrtEngine:
+    """Create an onnxruntime session for ``target`` (CPU when ``None``)."""
+    import onnxruntime as ort
+
+    wanted = list(providers) if providers else (target.providers if target else ["CPUExecutionProvider"])
+    available = set(ort.get_available_providers())
+    wanted = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+    session = ort.InferenceSession(model_bytes(model), session_options(threads, optimization), providers=wanted)
+    return OrtEngine(session, list(session.get_providers()))
+
+
+def providers_that_load(providers: Sequence[str]) -> list[str]:
+    """Providers onnxruntime really loads for a one-node model."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    try:
+        return build(proto, providers=providers).providers
+    except Exception:
+        return ["CPUExecutionProvider"]

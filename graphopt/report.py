@@ -1,0 +1,106 @@
+"""The run report: one rich table for people, the same content as JSON for machines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclasses.dataclass
+class PassRow:
+    """What one pass did."""
+
+    name: str
+    status: str
+    """``applied``, ``unchanged``, ``rolled back`` or ``skipped``."""
+    seconds: float = 0.0
+    nodes_before: int = 0
+    nodes_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    cache_hit: bool = False
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    metric: dict[str, Any] | None = None
+    metric_summary: str = ""
+
+
+@dataclasses.dataclass
+class Report:
+    input_path: str | None
+    output_path: str | None
+    input_hash: str
+    output_hash: str | None
+    versions: dict[str, str]
+    target: dict[str, Any]
+    rows: list[PassRow] = dataclasses.field(default_factory=list)
+    metrics_before: dict[str, Any] | None = None
+    metrics_after: dict[str, Any] | None = None
+    size_before: int = 0
+    size_after: int = 0
+    total_seconds: float = 0.0
+    notes: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    quality_gate: dict[str, Any] | None = None
+    eval_source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        """Write the report atomically."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self.to_dict(), handle, indent=2, default=str)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def render(self, console: Console) -> None:
+        table = Table(title=f"graphopt · target {self.target.get('kind')}", title_justify="left")
+        for column, justify in (("pass", "left"), ("status", "left"), ("time", "right"), ("nodes", "right"),
+                                ("weights", "right"), ("quality vs original", "left"), ("details", "left")):
+            table.add_column(column, justify=justify)
+        for row in self.rows:
+            details = ", ".join(f"{k}={_short(v)}" for k, v in row.stats.items())
+            if row.notes:
+                details = "; ".join(filter(None, [details, *row.notes]))
+            status = row.status + (" (cached)" if row.cache_hit else "")
+            table.add_row(row.name, status, f"{row.seconds:.2f}s", f"{row.nodes_before}→{row.nodes_after}",
+                          f"{_mb(row.bytes_before)}→{_mb(row.bytes_after)}", row.metric_summary or "–", details)
+        quality = "–"
+        if self.metrics_after:
+            quality = self.metrics_after.get("summary", "–")
+        table.caption = (
+            f"size {_mb(self.size_before)} → {_mb(self.size_after)} · {quality} · "
+            f"{self.total_seconds:.2f}s total" + (f" · eval on {self.eval_source}" if self.eval_source else "")
+        )
+        console.print(table)
+        for note in self.notes:
+            console.print(f"[dim]note:[/dim] {note}")
+        for warning in self.warnings:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _mb(size: int) -> str:
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KB"
+    return f"{size / 1024 / 1024:.2f} MB"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple) and len(value) > 4:
+        return f"[{len(value)} items]"
+    return str(value)

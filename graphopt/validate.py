@@ -1,0 +1,54 @@
+"""Model validation after every pass: onnx checker, strict shape inference, onnxruntime loads it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+import onnx_ir as ir
+
+from graphopt.engines import ort as ort_engine
+from graphopt.model_io import custom_domains
+
+
+@dataclasses.dataclass
+class ValidationResult:
+    ok: bool
+    problem: str | None = None
+    runnable: bool = True
+    """False when onnxruntime on this machine cannot load the model (custom ops, GPU-only kernels)."""
+    note: str | None = None
+
+
+def validate_model(model: ir.Model, *, require_runtime: bool = True) -> ValidationResult:
+    """Check ``model``; ``require_runtime=False`` turns a failed session creation into a note.
+
+    Custom-domain ops that onnxruntime does not know never fail validation: the note says the
+    numerics could not be checked.
+    """
+    proto = ir.to_proto(model)
+    try:
+        onnx.checker.check_model(proto, full_check=False)
+    except Exception as exc:
+        return ValidationResult(False, f"onnx checker: {_first_line(exc)}")
+    unknown = custom_domains(model)
+    try:
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=not unknown, data_prop=True)
+    except Exception as exc:
+        return ValidationResult(False, f"shape inference: {_first_line(exc)}")
+    try:
+        ort_engine.build(proto)
+    except Exception as exc:
+        reason = _first_line(exc)
+        if unknown:
+            return ValidationResult(True, None, False, f"onnxruntime cannot run custom op domain(s) {', '.join(sorted(unknown))}; outputs not compared")
+        if not require_runtime:
+            return ValidationResult(True, None, False, f"onnxruntime (CPU) cannot load the model here: {reason}")
+        return ValidationResult(False, f"onnxruntime cannot load the model: {reason}")
+    return ValidationResult(True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (lines[0] if lines else text)[:300]

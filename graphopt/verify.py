@@ -1,0 +1,153 @@
+"""Output comparison between a reference model and a candidate, one metric per output.
+
+Metric per output (decided from the reference output and the labels):
+
+* **accuracy** — a classifier output (rank 2, ``C > 1`` classes) when labels are given and it is
+  the only classifier output: fraction of samples whose argmax equals the label.
+  ``drop`` = reference accuracy − candidate accuracy, in percentage points.
+* **top1-agreement** — other classifier outputs: fraction of samples whose argmax equals the
+  reference argmax. ``drop`` = 100 − agreement %.
+* **cosine** — everything else: mean over samples of cos(ref_i, cand_i) with each sample
+  flattened. ``drop`` = 100·(1 − mean cosine).
+
+Every metric also records ``max_abs_error`` = max |ref − cand| and whether the candidate is finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+MetricKind = Literal["accuracy", "top1-agreement", "cosine"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputMetric:
+    output: str
+    kind: MetricKind
+    value: float
+    """accuracy / agreement as a fraction, or the mean cosine similarity."""
+    reference_value: float
+    """The reference model's own value (its accuracy; 1.0 for agreement and cosine)."""
+    max_abs_error: float
+    max_abs_reference: float
+    finite: bool
+
+    @property
+    def drop_points(self) -> float:
+        """Quality lost, in percentage points (0 = identical, see the module docstring)."""
+        if not self.finite:
+            return 100.0
+        return 100.0 * (self.reference_value - self.value)
+
+    @property
+    def relative_error(self) -> float:
+        """max |ref − cand| / max |ref| (how far from numerically identical)."""
+        return self.max_abs_error / max(self.max_abs_reference, 1e-12)
+
+    def summary(self) -> str:
+        if not self.finite:
+            return f"{self.output}: NaN/Inf"
+        if self.kind == "accuracy":
+            return f"acc {100 * self.value:.2f}% (ref {100 * self.reference_value:.2f}%)"
+        if self.kind == "top1-agreement":
+            return f"top-1 agree {100 * self.value:.2f}%, max|Δ| {self.max_abs_error:.3g}"
+        return f"cos {self.value:.5f}, max|Δ| {self.max_abs_error:.3g}"
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "drop_points": self.drop_points}
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """The metrics of every output of a candidate against the reference."""
+
+    metrics: tuple[OutputMetric, ...]
+    samples: int
+
+    @property
+    def finite(self) -> bool:
+        return all(m.finite for m in self.metrics)
+
+    @property
+    def worst_drop(self) -> float:
+        return max((m.drop_points for m in self.metrics), default=0.0)
+
+    def numerically_close(self, rtol: float = 1e-3) -> bool:
+        """True when every output matches the reference to ``rtol`` of its largest magnitude and
+        classifier outputs agree on every sample."""
+        return self.finite and all(
+            m.relative_error <= rtol and (m.kind == "cosine" or m.value >= m.reference_value) for m in self.metrics
+        )
+
+    def summary(self) -> str:
+        return "; ".join(m.summary() for m in self.metrics)
+
+    def to_dict(self) -> dict:
+        return {"samples": self.samples, "worst_drop_points": self.worst_drop, "outputs": [m.to_dict() for m in self.metrics]}
+
+
+def is_classifier_output(array: np.ndarray) -> bool:
+    return array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f"
+
+
+def metric_kind(name: str, reference: dict[str, np.ndarray], labels: np.ndarray | None) -> MetricKind:
+    array = reference[name]
+    if not is_classifier_output(array):
+        return "cosine"
+    classifier_outputs = [n for n, a in reference.items() if is_classifier_output(a)]
+    if labels is not None and len(classifier_outputs) == 1 and len(labels) == len(array):
+        return "accuracy"
+    return "top1-agreement"
+
+
+def mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean over samples (axis 0) of the cosine similarity of the flattened samples.
+
+    Two all-zero samples count as identical (cosine 1)."""
+    ref = reference.reshape(len(reference), -1).astype(np.float64) if reference.ndim else reference.reshape(1, -1).astype(np.float64)
+    cand = candidate.reshape(ref.shape).astype(np.float64)
+    dot = (ref * cand).sum(axis=1)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    both_zero = (np.linalg.norm(ref, axis=1) == 0) & (np.linalg.norm(cand, axis=1) == 0)
+    cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
+    cos = np.where(both_zero, 1.0, cos)
+    return float(cos.mean())
+
+
+def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+                    labels: np.ndarray | None = None) -> Comparison:
+    """Compare candidate outputs with reference outputs (same names, same sample order)."""
+    metrics = []
+    samples = 0
+    for name, ref in reference.items():
+        if name not in candidate:
+            raise KeyError(f"candidate model has no output '{name}'")
+        cand = np.asarray(candidate[name])
+        ref = np.asarray(ref)
+        samples = len(ref) if ref.ndim else 1
+        if ref.dtype.kind not in "fc" or cand.dtype.kind not in "fc":
+            # integer / boolean outputs (indices, masks): exact-match rate
+            same = float(np.mean(ref.reshape(len(ref), -1) == cand.reshape(len(ref), -1))) if ref.ndim else float(ref == cand)
+            metrics.append(OutputMetric(name, "top1-agreement", same, 1.0, float(np.max(np.abs(ref.astype(np.float64) - cand.astype(np.float64)), initial=0.0)), float(np.max(np.abs(ref), initial=0)), True))
+            continue
+        finite = bool(np.isfinite(cand).all())
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
+        max_err = float(np.nanmax(diff, initial=0.0)) if finite else float("inf")
+        max_ref = float(np.max(np.abs(ref), initial=0.0))
+        kind = metric_kind(name, reference, labels)
+        if not finite:
+            metrics.append(OutputMetric(name, kind, 0.0, 1.0, max_err, max_ref, False))
+        elif kind == "accuracy":
+            ref_acc = float(np.mean(ref.argmax(axis=1) == labels))
+            acc = float(np.mean(cand.argmax(axis=1) == labels))
+            metrics.append(OutputMetric(name, kind, acc, ref_acc, max_err, max_ref, True))
+        elif kind == "top1-agreement":
+            agree = float(np.mean(ref.argmax(axis=1) == cand.argmax(axis=1)))
+            metrics.append(OutputMetric(name, kind, agree, 1.0, max_err, max_ref, True))
+        else:
+            metrics.append(OutputMetric(name, kind, mean_cosine(ref, cand), 1.0, max_err, max_ref, True))
+    return Comparison(tuple(metrics), samples)

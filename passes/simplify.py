@@ -1,0 +1,86 @@
+"""``simplify``: onnxsim constant folding and fusions, then onnx_ir cleanup.
+
+Steps:
+1. onnxsim (constant folding, shape-op folding, Conv+BatchNorm fusion, eliminate no-op nodes);
+   skipped with a note when onnxsim cannot handle the model (e.g. unknown custom-domain ops);
+2. onnx_ir cleanup: constants lifted to initializers, identity elimination, common
+   subexpression elimination, unused nodes / initializers / functions / opsets removed.
+
+The pass is ``lossless``: the PassManager compares its outputs with the original model on the
+evaluation data (or probe inputs) and rolls it back when they differ.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import onnx_ir as ir
+from onnx_ir.passes import common as ir_common
+
+from graphopt.model_io import custom_domains
+from graphopt.pass_base import GraphoptPass, GraphoptPassResult
+
+
+@dataclasses.dataclass(frozen=True)
+class SimplifyOptions:
+    use_onnxsim: bool = True
+    """Run onnxsim's constant folding and fusions before the onnx_ir cleanup."""
+    fuse_batchnorm: bool = True
+    """Let onnxsim fold BatchNormalization into the preceding Conv."""
+    eliminate_common_subexpressions: bool = True
+
+
+class SimplifyPass(GraphoptPass):
+    """Constant folding, fusion and dead-code removal that must not change the outputs."""
+
+    name = "simplify"
+    Options = SimplifyOptions
+    lossless = True
+
+    def call(self, model: ir.Model) -> GraphoptPassResult:
+        notes: list[str] = []
+        before = _op_histogram(model)
+        working = model.clone()
+        if self.options.use_onnxsim:
+            unknown = custom_domains(working)
+            if unknown:
+                notes.append(f"onnxsim skipped: custom op domain(s) {', '.join(sorted(unknown))}")
+            else:
+                simplified, note = _run_onnxsim(working, fuse_bn=self.options.fuse_batchnorm)
+                if simplified is not None:
+                    working = simplified
+                if note:
+                    notes.append(note)
+        cleanup: list[ir.passes.PassBase] = [
+            ir_common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+            ir_common.IdentityEliminationPass(),
+        ]
+        if self.options.eliminate_common_subexpressions:
+            cleanup.append(ir_common.CommonSubexpressionEliminationPass())
+        cleanup += [ir_common.RemoveUnusedNodesPass(), ir_common.RemoveUnusedFunctionsPass(),
+                    ir_common.RemoveUnusedOpsetsPass()]
+        ir.passes.Sequential(*cleanup)(working)
+        after = _op_histogram(working)
+        removed = {op: before[op] - after.get(op, 0) for op in before if before[op] > after.get(op, 0)}
+        stats = {"nodes_removed": sum(before.values()) - sum(after.values())}
+        if removed:
+            stats["ops_removed"] = ", ".join(f"{op}×{n}" for op, n in sorted(removed.items(), key=lambda kv: -kv[1]))
+        modified = before != after or len(working.graph.initializers) != len(model.graph.initializers)
+        return self.result(working, modified, stats, notes)
+
+
+def _run_onnxsim(model: ir.Model, fuse_bn: bool) -> tuple[ir.Model | None, str | None]:
+    """onnxsim on a copy of the proto; ``(None, reason)`` when it cannot simplify this model."""
+    import onnxsim
+
+    try:
+        simplified, _ = onnxsim.simplify(ir.to_proto(model), check_n=0, skip_fuse_bn=not fuse_bn)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return None, f"onnxsim skipped: {first}"
+    return ir.from_proto(simplified), None
+
+
+def _op_histogram(model: ir.Model) -> collections.Counter[str]:
+    return collections.Counter(node.op_type for node in ir.traversal.RecursiveGraphIterator(model.graph))
