@@ -51,10 +51,28 @@ def main(debug: bool) -> None:
     """graphopt: make ONNX models smaller and faster for a target, and prove they still work."""
 
 
+# Each pass that has flags owns a `graphopt/cli_<pass>.py` module with `OPTIONS` (click options)
+# and `build_pass(params) -> GraphoptPass | None`; listed here in pipeline order.
+PASS_FLAG_MODULES = ["graphopt.cli_simplify"]
+
+
+def _pass_flag_modules():
+    import importlib
+
+    return [importlib.import_module(name) for name in PASS_FLAG_MODULES]
+
+
+def _with_pass_flags(command):
+    for module in reversed(_pass_flag_modules()):
+        for option in reversed(module.OPTIONS):
+            command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: <stem>.opt.onnx].")
-@click.option("--simplify/--no-simplify", default=True, show_default=True, help="Constant folding and cleanup (onnxsim + onnx_ir).")
+@_with_pass_flags
 @click.option("--calib-data", type=click.Path(path_type=Path), help="Calibration data: .npz or a folder of them.")
 @click.option("--eval-data", type=click.Path(path_type=Path), help="Evaluation data (.npz, optional 'labels') to prove accuracy.")
 @click.option("--target", type=click.Choice(TARGET_KINDS), help="Where the model will run [default: best this machine runs].")
@@ -65,9 +83,9 @@ def main(debug: bool) -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Pass-result cache [default: $GRAPHOPT_CACHE_DIR or ~/.cache/graphopt].")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the pass-result cache.")
 @click.pass_context
-def optimize(ctx: click.Context, model: Path, output: Path | None, simplify: bool, calib_data: Path | None,
+def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: Path | None,
              eval_data: Path | None, target: str | None, max_accuracy_drop: float | None, report_path: Path | None,
-             as_json: bool, config: Path | None, cache_dir: Path | None, no_cache: bool) -> None:
+             as_json: bool, config: Path | None, cache_dir: Path | None, no_cache: bool, **pass_flags) -> None:
     """Optimize MODEL for a target and report what changed and how accurate it stays."""
     from graphopt.api import default_output_path
     from graphopt.api import optimize as run_optimize
@@ -82,12 +100,12 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, simplify: boo
     if report_path is not None:
         check_output_path(report_path, model)
     if config is not None:
-        explicit = [name for name in ("simplify",) if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        explicit = [name for name in pass_flags if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if explicit:
-            raise InputError(f"--config lists the passes; do not also give --{'/--no-'.join(explicit)}")
+            raise InputError(f"--config lists the passes; do not also give pass flags ({', '.join(explicit)})")
         pipeline = Pipeline.from_file(config)
     else:
-        pipeline = Pipeline(pass_list_from_flags(simplify=simplify), None, None)
+        pipeline = Pipeline(pass_list_from_flags(pass_flags), None, None)
     if target is not None:
         pipeline.target = target
     if not pipeline.passes:
@@ -118,13 +136,13 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, simplify: boo
         stderr.print(f"wrote {result.output_path}")
 
 
-def pass_list_from_flags(*, simplify: bool):
-    """The passes the optimize flags ask for, in pipeline order (later issues add theirs here)."""
-    from graphopt.passes.simplify import SimplifyPass
-
+def pass_list_from_flags(params: dict):
+    """The passes the optimize flags ask for, in pipeline order."""
     passes = []
-    if simplify:
-        passes.append(SimplifyPass())
+    for module in _pass_flag_modules():
+        built = module.build_pass(params)
+        if built is not None:
+            passes.append(built)
     return passes
 
 
