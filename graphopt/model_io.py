@@ -116,10 +116,14 @@ def check_output_path(output: Path, input_path: Path | None) -> None:
         raise InputError(f"output folder does not exist: {folder}")
     if not folder.is_dir():
         raise InputError(f"output folder is not a folder: {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"output folder is not writable: {folder}")
     if output.is_dir():
         raise InputError(f"output path is a folder: {output}")
+    try:  # a real write probe: permission bits alone say nothing for root or read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"output folder is not writable: {folder} ({exc.strerror or exc})") from exc
 
 
 def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, input_path: Path | None = None) -> Path:
@@ -133,6 +137,17 @@ def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, 
     check_output_path(output, input_path)
     proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
     needs_external = proto.ByteSize() > PROTOBUF_LIMIT_BYTES if _small_enough_to_size(proto) else True
+    if needs_external and proto is model:  # onnx moves the weights out of the proto it saves: copy first
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    try:
+        _write(proto, output, needs_external)
+    except OSError as exc:
+        raise InputError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    return output
+
+
+def _write(proto: onnx.ModelProto, output: Path, needs_external: bool) -> None:
     with _atomic_target(output) as tmp_path:
         if needs_external:
             data_name = output.name + ".data"
@@ -153,7 +168,6 @@ def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, 
                 handle.write(proto.SerializeToString())
                 handle.flush()
                 os.fsync(handle.fileno())
-    return output
 
 
 def _small_enough_to_size(proto: onnx.ModelProto) -> bool:
