@@ -123,9 +123,7 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: P
     if as_json:
         click.echo(json.dumps(result.report.to_dict(), indent=2, default=str))
     else:
-        from rich.console import Console
-
-        result.report.render(Console())
+        result.report.render(report_console())
     if not result.passed:
         gate = result.report.quality_gate or {}
         raise QualityGateError(
@@ -134,6 +132,14 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: P
         )
     if not as_json:
         stderr.print(f"wrote {result.output_path}")
+
+
+def report_console():
+    """Console for the final table: the terminal's width, or 140 columns when piped to a file/log."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=140)
 
 
 def pass_list_from_flags(params: dict):
@@ -158,9 +164,7 @@ def inspect(model: Path, shapes: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
     else:
-        from rich.console import Console
-
-        render_inspection(info, Console())
+        render_inspection(info, report_console())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -69,8 +69,9 @@ class Report:
     def render(self, console: Console) -> None:
         table = Table(title=f"graphopt · target {self.target.get('kind')}", title_justify="left")
         for column, justify in (("pass", "left"), ("status", "left"), ("time", "right"), ("nodes", "right"),
-                                ("weights", "right"), ("quality vs original", "left"), ("details", "left")):
-            table.add_column(column, justify=justify)
+                                ("weights", "right"), ("quality vs original", "left")):
+            table.add_column(column, justify=justify, no_wrap=column != "quality vs original")
+        table.add_column("details", overflow="fold", ratio=1)
         for row in self.rows:
             details = ", ".join(f"{k}={_short(v)}" for k, v in row.stats.items())
             if row.notes:
