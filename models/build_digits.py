@@ -166,7 +166,9 @@ def sha256(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.build_digits", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m models.build_digits", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out-dir", type=Path, default=MODELS_DIR, help="where to write (default: models/)")
     args = parser.parse_args(argv)
     for kind in KINDS:

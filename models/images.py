@@ -15,8 +15,23 @@ from __future__ import annotations
 import numpy as np
 
 #: Natural scenes bundled in the scikit-image wheel (no network fetch).
-NATURAL = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "hubble_deep_field",
-           "cat", "colorwheel", "moon", "brick", "grass", "gravel", "retina", "coins", "logo")
+NATURAL = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "colorwheel",
+    "moon",
+    "brick",
+    "grass",
+    "gravel",
+    "retina",
+    "coins",
+    "logo",
+)
 #: Pictures of text bundled in the scikit-image wheel.
 TEXT = ("page", "text")
 
@@ -53,8 +68,9 @@ def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def random_crops(names: tuple[str, ...], n: int, height: int, width: int, seed: int,
-                 min_area: float = 0.15) -> np.ndarray:
+def random_crops(
+    names: tuple[str, ...], n: int, height: int, width: int, seed: int, min_area: float = 0.15
+) -> np.ndarray:
     """``n`` crops (n, height, width, 3) float32 in [0, 255], RGB.
 
     Each crop takes a seeded random image from ``names``, a box covering ``min_area``..100 % of it with
@@ -76,8 +92,12 @@ def random_crops(names: tuple[str, ...], n: int, height: int, width: int, seed: 
     return out
 
 
-def page_lines(n: int, seed: int) -> list[np.ndarray]:
-    """``n`` single-line text crops (h, w, 3) uint8 of ``skimage.data.page()``, of varied width and jitter."""
+def page_lines(n: int, seed: int, max_aspect: float = 6.0) -> list[np.ndarray]:
+    """``n`` single-line text crops (h, w, 3) uint8 of ``skimage.data.page()``, of varied width and jitter.
+
+    Widths run from 3x to ``max_aspect`` x the crop height, so that a recogniser input of fixed width
+    never has to squeeze a line.
+    """
     rng = np.random.default_rng(seed)
     page = load("page")
     width = page.shape[1]
@@ -86,7 +106,8 @@ def page_lines(n: int, seed: int) -> list[np.ndarray]:
         y0, y1 = PAGE_LINES[rng.integers(len(PAGE_LINES))]
         y0 = max(0, y0 + int(rng.integers(-3, 4)))
         y1 = min(page.shape[0], y1 + int(rng.integers(-3, 4)))
-        w = int(rng.integers(min(width, 4 * (y1 - y0)), width + 1))
+        h = y1 - y0
+        w = int(rng.integers(min(width, 3 * h), min(width, int(max_aspect * h)) + 1))
         x = int(rng.integers(0, width - w + 1))
         crops.append(page[y0:y1, x : x + w])
     return crops

@@ -44,7 +44,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU()
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
@@ -79,7 +81,8 @@ class ResNet18(nn.Module):
 def images(n: int, seed: int) -> np.ndarray:
     """(n, 3, 224, 224) float32 ImageNet-normalised image crops."""
     rgb = image_batch(n, 224, 224, seed) / 255.0
-    return np.ascontiguousarray(((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)).astype(np.float32)
+    normalized = ((rgb - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+    return np.ascontiguousarray(normalized.transpose(0, 3, 1, 2))
 
 
 def make_network() -> ResNet18:
