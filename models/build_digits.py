@@ -115,12 +115,11 @@ def train(kind: str, pixels: np.ndarray, labels: np.ndarray):
 
 def build(kind: str, out_dir: Path, *, force: bool = False) -> Path:
     """Train and export ``<stem>.onnx`` into ``out_dir`` unless it exists (or ``force``)."""
-    import torch
-
     stem, shape, _ = KINDS[kind]
     path = Path(out_dir) / f"{stem}.onnx"
     if path.exists() and not force:
         return path
+    import torch
     pixels, labels = load_split()["train"]
     net = train(kind, pixels, labels)
     example = torch.zeros((2, *shape), dtype=torch.float32)

@@ -99,7 +99,7 @@ def test_python_dash_m_entry_point(model_path, tmp_path):
 
 @pytest.mark.slow
 def test_wheel_installs_passes_under_graphopt(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("graphopt-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
