@@ -62,11 +62,13 @@ def optimize(
     max_accuracy_drop: float | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    keep_best: bool = False,
 ) -> OptimizeResult:
     """Optimize ``model`` and return the new model with its report.
 
     ``passes`` (or a ``pipeline``) say what to run; by default only ``simplify``. ``output`` is
-    written atomically (never over the input) unless the accuracy budget is missed. Raises
+    written atomically (never over the input) unless the accuracy budget is missed — then only with
+    ``keep_best`` (or a pass whose options set ``keep_best``), and ``passed`` stays False. Raises
     :class:`~graphopt.errors.GraphoptError` subclasses for bad input.
     """
     started = time.perf_counter()
@@ -107,7 +109,8 @@ def optimize(
         notes.append("outputs compared on generated probe inputs; give --eval-data for real accuracy")
 
     written = None
-    if output_path is not None and passed:
+    keep_best = keep_best or any(getattr(p.options, "keep_best", False) for p in pipeline.passes)
+    if output_path is not None and (passed or keep_best):
         written = save_model(result.model, output_path, input_path=input_path)
 
     reference_metrics = None

@@ -53,7 +53,7 @@ def main(debug: bool) -> None:
 
 # Each pass that has flags owns a `graphopt/cli_<pass>.py` module with `OPTIONS` (click options)
 # and `build_pass(params) -> GraphoptPass | None`; listed here in pipeline order.
-PASS_FLAG_MODULES = ["graphopt.cli_simplify"]
+PASS_FLAG_MODULES = ["graphopt.cli_simplify", "graphopt.cli_int8", "graphopt.cli_fp16"]
 
 
 def _pass_flag_modules():
@@ -128,7 +128,8 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: P
         gate = result.report.quality_gate or {}
         raise QualityGateError(
             f"accuracy budget missed: quality dropped {gate.get('drop', 0):.2f} points "
-            f"(allowed {gate.get('max_accuracy_drop')}); no output written"
+            f"(allowed {gate.get('max_accuracy_drop')}); "
+            + (f"best model written to {result.output_path} (--keep-best)" if result.output_path else "no output written")
         )
     if not as_json:
         stderr.print(f"wrote {result.output_path}")

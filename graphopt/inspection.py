@@ -47,6 +47,7 @@ import onnx_ir as ir
 
 from graphopt.errors import InputError
 from graphopt.model_io import load_model
+from graphopt.scratch import scratch_cwd
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -214,7 +215,8 @@ def _symbolic_infer(model: ir.Model) -> int:
             stripped.graph.initializers.pop(value.name)
             value.const_value = None
     try:
-        out = SymbolicShapeInference.infer_shapes(ir.to_proto(stripped), auto_merge=True)
+        with scratch_cwd():  # it saves a temp model into the working directory when inference is incomplete
+            out = SymbolicShapeInference.infer_shapes(ir.to_proto(stripped), auto_merge=True)
     except Exception:  # ORT raises for ops it has no rule for; onnx's shapes stay
         return 0
     if out is None:

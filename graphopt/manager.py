@@ -168,4 +168,11 @@ def _run(model: ir.Model, data: DataSet, batch: int) -> dict[str, np.ndarray] | 
         engine = ort_engine.build(model)
     except Exception:
         return None
-    return engine.run_batches(data.batches(batch))
+    # float data for a model with fp16/double inputs (e.g. fp16 with --fp16-io): cast the feeds
+    float_inputs = {i.name: _NP_FLOAT[i.type] for i in engine.session.get_inputs() if i.type in _NP_FLOAT}
+    batches = ({k: v.astype(float_inputs[k]) if k in float_inputs and v.dtype.kind == "f" else v
+                for k, v in feeds.items()} for feeds in data.batches(batch))
+    return engine.run_batches(batches)
+
+
+_NP_FLOAT = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}

@@ -1,0 +1,54 @@
+"""CLI flags of the ``int8`` pass (static int8 quantization with calibration)."""
+
+from __future__ import annotations
+
+import click
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+"""Same as graphopt.passes.int8_calibration.CALIB_METHODS (not imported: keeps --help fast)."""
+
+OPTIONS = [
+    click.option("--int8", is_flag=True, help="Static int8 quantization (QDQ) calibrated on --calib-data."),
+    click.option("--calib-method", type=click.Choice(CALIB_METHODS),
+                 help="int8 calibration [default: percentile on cpu, entropy on trt/cuda]."),
+    click.option("--calib-samples", type=click.IntRange(min=1), metavar="N",
+                 help="Use at most N calibration samples [default: all]."),
+    click.option("--calib-random", is_flag=True,
+                 help="Calibrate int8 on random inputs when no --calib-data is given (poor accuracy; warns)."),
+    click.option("--exclude-nodes", metavar="NAMES", help="Comma-separated node names int8 keeps in float."),
+    click.option("--exclude-op-types", metavar="OPS", help="Comma-separated op types int8 keeps in float."),
+    click.option("--int8-activations", type=click.Choice(["auto", "uint8", "int8"]), default="auto",
+                 show_default=True, help="int8 activation type (auto follows the target)."),
+    click.option("--keep-best", is_flag=True,
+                 help="Write the best int8 model found even when --max-accuracy-drop is missed (exit code stays 1)."),
+]
+
+_INT8_ONLY = ("calib_method", "calib_samples", "calib_random", "exclude_nodes", "exclude_op_types", "keep_best")
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+def build_pass(params: dict):
+    """``Int8Pass`` when ``--int8`` is given; the int8-only flags without it are a usage error."""
+    from graphopt.errors import InputError
+
+    if not params.get("int8"):
+        given = [f"--{name.replace('_', '-')}" for name in _INT8_ONLY if params.get(name)]
+        if params.get("int8_activations", "auto") != "auto":
+            given.append("--int8-activations")
+        if given:
+            raise InputError(f"{', '.join(given)} only apply to int8 quantization; add --int8")
+        return None
+    from graphopt.passes.int8 import Int8Options, Int8Pass
+
+    return Int8Pass(Int8Options(
+        calib_method=params.get("calib_method"),
+        calib_samples=params.get("calib_samples"),
+        calib_random=bool(params.get("calib_random")),
+        exclude_nodes=_names(params.get("exclude_nodes")),
+        exclude_op_types=_names(params.get("exclude_op_types")),
+        activations=params.get("int8_activations") or "auto",
+        keep_best=bool(params.get("keep_best")),
+    ))

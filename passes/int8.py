@@ -1,0 +1,185 @@
+"""``int8``: calibration-based static int8 quantization (QDQ), scheme chosen for the target.
+
+Steps:
+1. refuse models that are already quantized or have no float weights to quantize;
+2. choose the scheme for the target (:mod:`graphopt.passes.int8_scheme`) and the nodes it
+   quantizes (minus ``exclude_nodes`` / ``exclude_op_types``);
+3. calibrate the tensors those nodes read and write, streaming, one model run per batch
+   (:mod:`graphopt.passes.int8_calibration`); warn on fewer than 32 samples or unsettled ranges;
+4. let onnxruntime.quantization write the QDQ graph from graphopt's ranges;
+5. with evaluation data and a ``max_accuracy_drop`` budget, run the accuracy-aware fallback
+   (:mod:`graphopt.passes.int8_fallback`) so the most sensitive layers stay in float;
+6. for ``trt``, check the graph against TensorRT's explicit-quantization rules
+   (:mod:`graphopt.passes.int8_trt_check`).
+
+Default calibration method per target: ``cpu`` → percentile (99.999 %): asymmetric uint8 ranges
+already fit one-sided post-ReLU distributions, and clipping the rarest 0.001 % of values keeps
+resolution that single outliers would waste under MinMax; ``trt`` / ``cuda`` → entropy (KL), as
+TensorRT's own calibrator: symmetric ranges around 0 waste half the levels on one-sided tensors,
+and KL picks the clip that loses the least information.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import onnx
+import onnx_ir as ir
+
+from graphopt.console import stderr
+from graphopt.data import DataSet, input_specs, probe_data
+from graphopt.errors import InputError, PreconditionFailed
+from graphopt.pass_base import GraphoptPass, GraphoptPassResult
+from graphopt.passes.int8_calibration import MIN_SAMPLES, CalibMethod, calibrate
+from graphopt.passes.int8_fallback import Evaluator, batch1_latency_ms, run_fallback
+from graphopt.passes.int8_scheme import (
+    WEIGHTED_OPS,
+    ensure_node_names,
+    float_weight_nodes,
+    is_quantized,
+    quantizable_nodes,
+    quantize_qdq,
+    scheme_for,
+    tensors_to_calibrate,
+)
+from graphopt.passes.int8_trt_check import check_trt_qdq
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Options:
+    calib_method: CalibMethod | None = None
+    """``minmax`` | ``entropy`` | ``percentile``; ``None`` = the target's default (module docstring)."""
+    percentile: float = 99.999
+    """Share of ``|x|`` kept inside the range by the percentile method."""
+    calib_samples: int | None = None
+    """Use at most this many calibration samples (``None`` = all)."""
+    calib_batch_size: int = 8
+    """Samples per calibration run; peak memory grows with this, not with the number of samples."""
+    calib_random: bool = False
+    """Calibrate on standard-normal random inputs when no calibration data is given (poor ranges)."""
+    calib_random_samples: int = 64
+    per_channel: bool = True
+    """Per-channel weight scales (output channels)."""
+    activations: Literal["auto", "uint8", "int8"] = "auto"
+    """Activation type; ``auto`` follows the target (uint8 on CPU, int8 on TensorRT/CUDA)."""
+    exclude_nodes: tuple[str, ...] = ()
+    """Node names kept in float."""
+    exclude_op_types: tuple[str, ...] = ()
+    """Op types kept in float."""
+    fallback: bool = True
+    """Run the accuracy-aware fallback when evaluation data and ``max_accuracy_drop`` are given."""
+    max_float_layers: int | None = None
+    """At most this many layers moved back to float by the fallback (``None`` = no limit)."""
+    keep_best: bool = False
+    """Write the best model found even when the accuracy budget is missed (the run still fails)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.percentile <= 100:
+            raise InputError(f"int8 percentile must be in (0, 100], got {self.percentile}")
+        if self.calib_batch_size < 1:
+            raise InputError(f"int8 calib_batch_size must be ≥ 1, got {self.calib_batch_size}")
+        if self.calib_samples is not None and self.calib_samples < 1:
+            raise InputError(f"int8 calib_samples must be ≥ 1, got {self.calib_samples}")
+
+
+class Int8Pass(GraphoptPass):
+    """Static int8 QDQ quantization with streaming calibration and accuracy-aware fallback."""
+
+    name = "int8"
+    Options = Int8Options
+    min_opset = 13
+    refuses_after = frozenset({"fp16"})
+    uses_data = frozenset({"calib", "eval"})
+
+    def __init__(self, options: Int8Options | None = None) -> None:
+        super().__init__(options)
+        self.needs = frozenset() if self.options.calib_random else frozenset({"calib"})
+
+    def requires(self, model: ir.Model) -> None:
+        proto = ir.to_proto(model)
+        found = is_quantized(proto)
+        if found:
+            raise PreconditionFailed(f"model is already quantized ({', '.join(found)} present); "
+                                     "give int8 the float model")
+        if not float_weight_nodes(proto):
+            raise PreconditionFailed("no float weights to quantize: the model has no Conv/ConvTranspose/Gemm/MatMul "
+                                     "with a constant float weight")
+
+    def call(self, model: ir.Model) -> GraphoptPassResult:
+        options, context = self.options, self.context
+        proto = ir.to_proto(model)
+        ensure_node_names(proto)
+        scheme = scheme_for(context.target, activations=options.activations, per_channel=options.per_channel)
+        method = options.calib_method or scheme.default_method
+        known = {n.name for n in proto.graph.node}
+        unknown = [n for n in options.exclude_nodes if n not in known]
+        if unknown:
+            raise InputError(f"--exclude-nodes: no node named {', '.join(map(repr, unknown))} in the model")
+        nodes = quantizable_nodes(proto, scheme, options.exclude_nodes, options.exclude_op_types)
+        if not any(n.name in set(nodes) and n.op_type in WEIGHTED_OPS for n in proto.graph.node):
+            raise PreconditionFailed("nothing left to quantize: every weighted layer is excluded")
+        notes: list[str] = []
+        data = self._calibration_data(model, notes)
+        tensors = tensors_to_calibrate(proto, nodes)
+        calib = calibrate(proto, data, tensors, method, batch_size=options.calib_batch_size,
+                          percentile=options.percentile)
+        if len(data) < MIN_SAMPLES:
+            self._warn(f"int8: only {len(data)} calibration samples (< {MIN_SAMPLES}); ranges may not "
+                       "represent real inputs — give more", notes)
+        if not calib.settle.settled:
+            self._warn(f"int8: calibration ranges have not settled: {calib.settle.describe()}; give more "
+                       "calibration samples", notes)
+
+        def quantize(layers) -> onnx.ModelProto:
+            return quantize_qdq(proto, scheme, calib.ranges, layers)
+
+        quantized = quantize(nodes)
+        float_layers: tuple[str, ...] = ()
+        stats: dict = {"scheme": f"{scheme.target}: {scheme.describe()}", "calib_method": method,
+                       "calib_samples": calib.samples, "calib_settle": calib.settle.describe()}
+        if options.fallback and context.eval is not None and context.max_accuracy_drop is not None:
+            evaluator = Evaluator(proto, context.eval)
+            weighted = [n.name for n in proto.graph.node if n.name in set(nodes) and n.op_type in WEIGHTED_OPS]
+            others = [n for n in nodes if n not in set(weighted)]
+
+            def quantize_layers(layers) -> onnx.ModelProto:
+                chosen = set(layers)
+                return quantize([n for n in nodes if n in chosen or n in others])
+
+            outcome = run_fallback(quantize_layers, weighted, evaluator, context.max_accuracy_drop,
+                                   max_layers=options.max_float_layers, first=quantized,
+                                   latency=lambda m: batch1_latency_ms(m, context.eval))
+            quantized, float_layers = outcome.model, outcome.float_layers
+            stats["fallback"] = [step.describe() for step in outcome.steps]
+            if not outcome.met:
+                notes.append(f"int8 fallback could not meet the {context.max_accuracy_drop} point budget; "
+                             f"best drop {outcome.drop:.3f} points")
+        q_nodes = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
+        stats.update({"layers_quantized": sum(1 for n in proto.graph.node if n.name in set(nodes)
+                                              and n.op_type in WEIGHTED_OPS and n.name not in set(float_layers)),
+                      "quantize_nodes": q_nodes, "layers_in_float": list(float_layers)})
+        if context.target.kind == "trt":
+            problems = check_trt_qdq(quantized)
+            stats["trt_check"] = "ok" if not problems else f"{len(problems)} problem(s)"
+            notes += [f"TensorRT check: {p}" for p in problems[:10]]
+        return self.result(ir.from_proto(quantized), True, stats, notes)
+
+    def _calibration_data(self, model: ir.Model, notes: list[str]) -> DataSet:
+        options, context = self.options, self.context
+        data = context.calib
+        if data is None:
+            if not options.calib_random:
+                raise InputError("int8 needs calibration data: give --calib-data PATH (representative inputs), "
+                                 "or --calib-random to calibrate on random inputs (poor accuracy)")
+            data = probe_data(input_specs(model), count=options.calib_random_samples, seed=0)
+            self._warn("int8: calibrating on RANDOM inputs (--calib-random); ranges will not match real data "
+                       "and accuracy may be poor — give --calib-data for a model you ship", notes)
+        if options.calib_samples is not None:
+            data = data.take(options.calib_samples)
+        return data
+
+    def _warn(self, message: str, notes: list[str]) -> None:
+        notes.append(message)
+        self.context.warnings.add(message)
+        stderr.print(f"[yellow]warning:[/yellow] {message}")

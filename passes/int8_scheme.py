@@ -1,0 +1,251 @@
+"""The int8 scheme per target, and the adapter that has onnxruntime.quantization write the QDQ graph.
+
+Quantization mapping (ONNX ``QuantizeLinear``): ``q = saturate(round(x / s) + z)``,
+``x ≈ (q − z)·s``. From a calibrated range ``[lo, hi]`` (widened to contain 0):
+
+* asymmetric uint8 activations: ``s = (hi − lo) / 255``, ``z = round(−lo / s)``;
+* symmetric int8: ``s = max(|lo|, |hi|) / 127``, ``z = 0``;
+* per-channel symmetric int8 weights: one ``s`` per output channel, ``s_c = max|W_c| / 127``.
+
+Scheme per target:
+
+* ``cpu`` — **uint8 activations (asymmetric), int8 weights (symmetric, per-channel)**. onnxruntime's
+  CPU kernels (QLinearConv, MatMulInteger / QLinearMatMul) run u8·s8 on the VNNI ``vpdpbusd`` path;
+  s8 activations are handled by a slower path (measured on this 2-core AVX-512 VNNI machine for the
+  224×224 ResNet-18-style CNN: see tools/bench_calibration.py and the int8 report). Without VNNI
+  the weights use 7 bits (``reduce_range``) so u8·s8 pair sums cannot saturate 16-bit lanes.
+  Quantized ops: weighted ops, residual Adds and the data-movement / pooling ops between them so
+  int8 tensors flow from one conv to the next; LayerNorm, Softmax, GELU pieces stay in float.
+* ``trt`` / ``cuda`` — **symmetric int8 activations and weights, per-channel weights, no zero
+  points, no bias quantization**, Q/DQ only on the *inputs* of Conv / ConvTranspose / Gemm / MatMul
+  and of residual Adds (TensorRT fuses a DQ→Conv→(Add)→Q chain; it propagates the scales through
+  pooling / ReLU / reshapes itself and runs everything else, Softmax and LayerNorm included, in
+  float). This is TensorRT's explicit-quantization layout (checked by ``int8_trt_check``).
+
+Add nodes with a constant input (bias adds) are never quantized: only residual Adds, whose two
+inputs are both activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import onnx
+
+from graphopt.target import Target
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CPU_FLOW_OPS = ("Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Resize",
+                "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Gather")
+"""Ops quantized on CPU besides the weighted ones so int8 tensors flow between convs (ORT has
+int8 kernels or drops the Q/DQ pair around them)."""
+QUANTIZED_DOMAINS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                     "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Scheme:
+    """Everything target-dependent about how a model is quantized."""
+
+    target: str
+    activation_type: str
+    """``"uint8"`` or ``"int8"``."""
+    activation_symmetric: bool
+    per_channel: bool
+    reduce_range: bool
+    op_types: tuple[str, ...]
+    outputs_not_quantized: tuple[str, ...] = ()
+    """Op types whose outputs get no Q/DQ of their own (TensorRT layout)."""
+    quantize_bias: bool = True
+    default_method: str = "minmax"
+    weight_type: str = "int8"
+
+    def describe(self) -> str:
+        act = f"{'u8' if self.activation_type == 'uint8' else 's8'} activations " + (
+            "symmetric" if self.activation_symmetric else "asymmetric")
+        weights = "s8 weights " + ("per-channel" if self.per_channel else "per-tensor") + (
+            " (7-bit)" if self.reduce_range else "")
+        return f"{act}, {weights}"
+
+    def ort_extra_options(self) -> dict:
+        options = {
+            "ActivationSymmetric": self.activation_symmetric,
+            "WeightSymmetric": True,
+            "QuantizeBias": self.quantize_bias,
+            "OpTypesToExcludeOutputQuantization": list(self.outputs_not_quantized),
+        }
+        return options
+
+
+def scheme_for(target: Target, *, activations: str = "auto", per_channel: bool = True) -> Int8Scheme:
+    """The scheme for ``target`` (see the module docstring); ``activations`` overrides the signedness."""
+    if target.kind == "cpu":
+        act = "uint8" if activations == "auto" else activations
+        return Int8Scheme("cpu", act, activation_symmetric=act == "int8", per_channel=per_channel,
+                          reduce_range=not target.cpu_vnni, op_types=(*WEIGHTED_OPS, "Add", *CPU_FLOW_OPS),
+                          default_method="percentile")
+    act = "int8" if activations == "auto" else activations
+    return Int8Scheme(target.kind, act, activation_symmetric=True, per_channel=per_channel, reduce_range=False,
+                      op_types=(*WEIGHTED_OPS, "Add"), outputs_not_quantized=(*WEIGHTED_OPS, "Add"),
+                      quantize_bias=False, default_method="entropy")
+
+
+def is_quantized(model: onnx.ModelProto) -> list[str]:
+    """Op types showing the model is already quantized (empty when it is not)."""
+    found = {n.op_type for n in model.graph.node if n.op_type in QUANTIZED_DOMAINS or n.op_type.startswith("QLinear")}
+    return sorted(found)
+
+
+def constant_names(model: onnx.ModelProto) -> set[str]:
+    names = {init.name for init in model.graph.initializer}
+    names |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return names
+
+
+def float_weight_nodes(model: onnx.ModelProto) -> list[str]:
+    """Weighted nodes (Conv/ConvTranspose/Gemm/MatMul) with a float constant weight — what int8 speeds up."""
+    floats = {init.name for init in model.graph.initializer
+              if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    found = []
+    for node in model.graph.node:
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in floats:
+            found.append(node.name)
+    return found
+
+
+def ensure_node_names(model: onnx.ModelProto) -> None:
+    """Give unnamed nodes stable names (``<op>_<index>``): exclusion lists and reports name nodes."""
+    used = {n.name for n in model.graph.node if n.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def quantizable_nodes(model: onnx.ModelProto, scheme: Int8Scheme, exclude_nodes: Iterable[str] = (),
+                      exclude_op_types: Iterable[str] = ()) -> list[str]:
+    """Names of the nodes the scheme quantizes, in graph order (bias Adds and exclusions removed)."""
+    constants = constant_names(model)
+    excluded_nodes, excluded_ops = set(exclude_nodes), set(exclude_op_types)
+    chosen = []
+    for node in model.graph.node:
+        if node.op_type not in scheme.op_types or node.op_type in excluded_ops or node.name in excluded_nodes:
+            continue
+        if node.op_type == "Add" and any(i in constants for i in node.input):
+            continue
+        if node.op_type == "Gather" and (not node.input or node.input[0] not in constants):
+            continue  # only embedding tables (constant data) are worth quantizing
+        chosen.append(node.name)
+    return chosen
+
+
+def tensors_to_calibrate(model: onnx.ModelProto, nodes: Iterable[str]) -> list[str]:
+    """Float activations (not constants) read or written by ``nodes``."""
+    wanted = set(nodes)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    constants = constant_names(model)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    names: list[str] = []
+    for node in model.graph.node:
+        if node.name not in wanted:
+            continue
+        for name in list(node.input) + list(node.output):
+            if name and name not in constants and types.get(name) in floats:
+                names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def quantize_qdq(model: onnx.ModelProto, scheme: Int8Scheme, ranges: Mapping[str, tuple[float, float]],
+                 nodes: Iterable[str]) -> onnx.ModelProto:
+    """The QDQ model onnxruntime.quantization writes for ``nodes`` with graphopt's ``ranges``.
+
+    ``model`` is copied first (the quantizer edits its input in place).
+    """
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import update_opset_version
+
+    nodes = list(nodes)
+    working = onnx.ModelProto()
+    working.CopyFrom(model)
+    working = onnx.shape_inference.infer_shapes(working)
+    act_type = QuantType.QUInt8 if scheme.activation_type == "uint8" else QuantType.QInt8
+    weight_type = QuantType.QInt8
+    working = update_opset_version(working, weight_type, act_type)
+    data = {name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
+            for name, (lo, hi) in ranges.items()}
+    tensors = TensorsData(CalibrationMethod.MinMax, data)
+    if not nodes:
+        return working
+    quantizer = QDQQuantizer(working, scheme.per_channel, scheme.reduce_range, weight_type, act_type, tensors,
+                             nodes, [], list(scheme.op_types), scheme.ort_extra_options())
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()  # what quantize_static does before saving
+    result = quantizer.model.model
+    drop_output_qdq_into_float(result, set(nodes))
+    return result
+
+
+FLOAT_OUTPUT_OK = ("MatMul", "Gemm", "Add")
+"""Ops onnxruntime runs from int8 inputs to a float output at full speed (MatMulIntegerToFloat,
+QGemm) or whose output precision matters most (residual stream before LayerNorm)."""
+
+
+def drop_output_qdq_into_float(model: onnx.ModelProto, quantized: set[str]) -> int:
+    """Remove the Q→DQ pair on outputs of MatMul/Gemm/Add that only feed float ops or graph outputs.
+
+    onnxruntime quantizes every output of a quantized node; when nothing downstream consumes int8
+    (Softmax, LayerNorm, a bias Add, the model output) the pair only adds rounding error. Returns
+    the number of pairs removed.
+    """
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    removed, drop = 0, []
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] not in producers:
+            continue
+        source = producers[q.input[0]]
+        if source.op_type not in FLOAT_OUTPUT_OK or source.name not in quantized:
+            continue
+        if q.input[0] in outputs or len(consumers.get(q.input[0], [])) != 1:
+            continue
+        dqs = consumers.get(q.output[0], [])
+        if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
+            continue
+        downstream = [c for d in dqs for c in consumers.get(d.output[0], [])]
+        if any(c.name in quantized for c in downstream):
+            continue
+        plain = q.input[0]
+        for dq in dqs:
+            if dq.output[0] in outputs:
+                for i, name in enumerate(source.output):
+                    if name == plain:
+                        source.output[i] = dq.output[0]
+                plain = dq.output[0]
+        for dq in dqs:
+            for c in consumers.get(dq.output[0], []):
+                for i, name in enumerate(c.input):
+                    if name == dq.output[0]:
+                        c.input[i] = plain
+        drop += [q, *dqs]
+        removed += 1
+    for node in drop:
+        graph.node.remove(node)
+    if removed:
+        used = {name for node in graph.node for name in node.input}
+        for init in [i for i in graph.initializer if i.name not in used]:
+            graph.initializer.remove(init)
+    return removed
