@@ -2,11 +2,14 @@
 
 Metric per output (decided from the reference output and the labels):
 
-* **accuracy** — a classifier output (rank 2, ``C > 1`` classes) when labels are given and it is
-  the only classifier output: fraction of samples whose argmax equals the label.
+* **accuracy** — the only rank-2 float output (``(N, C)``, ``C > 1``) when labels are given:
+  fraction of samples whose argmax equals the label.
   ``drop`` = reference accuracy − candidate accuracy, in percentage points.
-* **top1-agreement** — other classifier outputs: fraction of samples whose argmax equals the
-  reference argmax. ``drop`` = 100 − agreement %.
+* **top1-agreement** — rank-2 float outputs whose name says they are class scores (``logits``,
+  ``probs``, ``scores``, ``class``…): fraction of samples whose argmax equals the reference
+  argmax. ``drop`` = 100 − agreement %. Shape alone cannot tell logits from embeddings
+  (``(N, 384)`` sentence embeddings are rank 2 too), so without labels or such a name an output
+  is judged by cosine.
 * **cosine** — everything else: mean over samples of cos(ref_i, cand_i) with each sample
   flattened. ``drop`` = 100·(1 − mean cosine).
 
@@ -89,7 +92,11 @@ class Comparison:
         return {"samples": self.samples, "worst_drop_points": self.worst_drop, "outputs": [m.to_dict() for m in self.metrics]}
 
 
+CLASS_SCORE_NAMES = ("logit", "prob", "score", "class", "pred", "softmax")
+
+
 def is_classifier_output(array: np.ndarray) -> bool:
+    """Shape test: ``(N, C)`` float with more than one class."""
     return array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f"
 
 
@@ -100,7 +107,9 @@ def metric_kind(name: str, reference: dict[str, np.ndarray], labels: np.ndarray 
     classifier_outputs = [n for n, a in reference.items() if is_classifier_output(a)]
     if labels is not None and len(classifier_outputs) == 1 and len(labels) == len(array):
         return "accuracy"
-    return "top1-agreement"
+    if any(hint in name.lower() for hint in CLASS_SCORE_NAMES):
+        return "top1-agreement"
+    return "cosine"
 
 
 def mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -24,8 +24,16 @@ def test_accuracy_with_labels():
 def test_top1_agreement_without_labels():
     ref = np.array([[1, 0], [0, 1], [1, 0], [0, 1]], np.float32)
     cand = np.array([[1, 0], [0, 1], [0, 1], [0, 1]], np.float32)
-    metric = compare_outputs({"p": ref}, {"p": cand}).metrics[0]
+    metric = compare_outputs({"probs": ref}, {"probs": cand}).metrics[0]
     assert metric.kind == "top1-agreement" and metric.value == 0.75
+
+
+def test_rank2_embeddings_are_judged_by_cosine_not_argmax():
+    rng = np.random.default_rng(2)
+    ref = rng.standard_normal((6, 384)).astype(np.float32)
+    cand = ref + 0.01 * rng.standard_normal(ref.shape).astype(np.float32)
+    metric = compare_outputs({"sentence_embedding": ref}, {"sentence_embedding": cand}).metrics[0]
+    assert metric.kind == "cosine" and metric.value > 0.999
 
 
 def test_cosine_for_non_classifier_outputs():
