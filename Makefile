@@ -19,7 +19,7 @@ install-dev: $(BIN)/python
 
 ## make demo: optimize the embedded digits CNN with its shipped eval data and print the report.
 demo: install
-	$(BIN)/graphopt optimize models/digits_cnn.onnx -o /tmp/graphopt-demo.onnx \
+	$(BIN)/graphopt optimize models/digits_cnn.onnx -o /tmp/graphopt-demo.onnx --int8 \
 		--eval-data models/digits_cnn_eval.npz --calib-data models/digits_cnn_calib.npz --target cpu --no-cache
 
 ## make test: install the dev extras and run the whole suite (CI calls this).
