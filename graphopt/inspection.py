@@ -142,7 +142,7 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto | ir.Model,
     notes.extend(line for line in log.lines() if "Shape inference failed" not in line)
 
     weights = _weights(loaded)
-    histogram = _op_histogram(loaded)
+    histogram = op_histogram(loaded)
     info: dict[str, Any] = {
         "model": str(path) if path is not None else None,
         "file_bytes": _file_bytes(path),
@@ -291,7 +291,7 @@ def _op_key(node: ir.Node) -> str:
     return node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
 
 
-def _op_histogram(model: ir.Model) -> collections.Counter[str]:
+def op_histogram(model: ir.Model) -> collections.Counter[str]:
     """Count per op type over the main graph and every subgraph; ``domain::Op`` outside ai.onnx."""
     return collections.Counter(_op_key(n) for n in ir.traversal.RecursiveGraphIterator(model.graph))
 

@@ -12,12 +12,12 @@ evaluation data (or probe inputs) and rolls it back when they differ.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_common
 
+from graphopt.inspection import op_histogram
 from graphopt.model_io import custom_domains
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
 
@@ -40,7 +40,7 @@ class SimplifyPass(GraphoptPass):
 
     def call(self, model: ir.Model) -> GraphoptPassResult:
         notes: list[str] = []
-        before = _op_histogram(model)
+        before = op_histogram(model)
         working = model.clone()
         if self.options.use_onnxsim:
             unknown = custom_domains(working)
@@ -61,7 +61,7 @@ class SimplifyPass(GraphoptPass):
         cleanup += [ir_common.RemoveUnusedNodesPass(), ir_common.RemoveUnusedFunctionsPass(),
                     ir_common.RemoveUnusedOpsetsPass()]
         ir.passes.Sequential(*cleanup)(working)
-        after = _op_histogram(working)
+        after = op_histogram(working)
         removed = {op: before[op] - after.get(op, 0) for op in before if before[op] > after.get(op, 0)}
         stats = {"nodes_removed": sum(before.values()) - sum(after.values())}
         if removed:
@@ -80,7 +80,3 @@ def _run_onnxsim(model: ir.Model, fuse_bn: bool) -> tuple[ir.Model | None, str |
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         return None, f"onnxsim skipped: {first}"
     return ir.from_proto(simplified), None
-
-
-def _op_histogram(model: ir.Model) -> collections.Counter[str]:
-    return collections.Counter(node.op_type for node in ir.traversal.RecursiveGraphIterator(model.graph))

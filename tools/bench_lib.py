@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
+from graphopt.inspection import op_histogram
 from graphopt.verify import compare_outputs, mean_cosine
 
 CHECKS = ("top1-labels", "cosine", "argmax-agreement")
@@ -183,24 +185,11 @@ class GraphFacts:
 def graph_facts(path: str | Path) -> GraphFacts:
     path = Path(path)
     proto = onnx.load(str(path), load_external_data=False)
-    counts: dict[str, int] = {}
-    for node in _all_nodes(proto.graph):
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    counts = op_histogram(ir.from_proto(proto))
     external = {entry.value for init in proto.graph.initializer for entry in init.external_data if entry.key == "location"}
     size = path.stat().st_size + sum((path.parent / name).stat().st_size for name in external
                                      if (path.parent / name).is_file())
     return GraphFacts(size, sum(counts.values()), counts.get("Cast", 0), dict(sorted(counts.items())))
-
-
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attribute.g)
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                for sub in attribute.graphs:
-                    yield from _all_nodes(sub)
 
 
 # --------------------------------------------------------------------------------------------- feeds
