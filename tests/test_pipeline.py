@@ -105,3 +105,29 @@ def test_wheel_installs_passes_under_graphopt(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "graphopt/passes/simplify.py" in names
     assert not any(n.startswith("passes/") for n in names)
+
+
+def test_int8_fp16_flags_and_pipeline_file_give_the_same_model(tmp_path, model_path):
+    from tests.conftest import save_data
+
+    calib = save_data(tmp_path / "calib.npz", n=40, labels=False)
+    config = tmp_path / "pipe.yaml"
+    config.write_text(
+        "target: trt\npasses:\n  - simplify\n"
+        "  - int8:\n      calib_method: minmax\n      exclude_op_types: [Gemm]\n"
+        "  - fp16:\n      block_ops: [Relu]\n"
+    )
+    from_file, from_flags = tmp_path / "file.onnx", tmp_path / "flags.onnx"
+    runner = CliRunner()
+    r1 = runner.invoke(main, ["optimize", str(model_path), "-o", str(from_file), "--config", str(config),
+                              "--calib-data", calib, "--no-cache"])
+    assert r1.exit_code == 0, r1.output
+    r2 = runner.invoke(main, ["optimize", str(model_path), "-o", str(from_flags), "--int8", "--calib-method", "minmax",
+                              "--exclude-op-types", "Gemm", "--fp16", "--fp16-block-ops", "Relu", "--target", "trt",
+                              "--calib-data", calib, "--no-cache"])
+    assert r2.exit_code == 0, r2.output
+    assert file_hash(from_file) == file_hash(from_flags)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(from_file)).graph.node}
+    assert "QuantizeLinear" in ops and "Cast" in ops  # both passes really ran
