@@ -6,6 +6,8 @@ Steps:
    quantizes (minus ``exclude_nodes`` / ``exclude_op_types``);
 3. calibrate the tensors those nodes read and write, streaming, one model run per batch
    (:mod:`graphopt.passes.int8_calibration`); warn on fewer than 32 samples or unsettled ranges;
+   keep in float the layers whose input would quantize below ``min_sqnr_db`` (heavy-tailed
+   activations such as BERT's FFN outputs: :func:`~graphopt.passes.int8_scheme.low_resolution_layers`);
 4. let onnxruntime.quantization write the QDQ graph from graphopt's ranges;
 5. with evaluation data and a ``max_accuracy_drop`` budget, run the accuracy-aware fallback
    (:mod:`graphopt.passes.int8_fallback`) so the most sensitive layers stay in float;
@@ -32,12 +34,14 @@ from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PreconditionFailed
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
 from graphopt.passes.int8_calibration import MIN_SAMPLES, CalibMethod, calibrate
-from graphopt.passes.int8_fallback import Evaluator, batch1_latency_ms, run_fallback
+from graphopt.passes.int8_fallback import Evaluator, batch1_latency_ms, edits_of, run_fallback
 from graphopt.passes.int8_scheme import (
+    FLOAT_OUTPUT_OK,
     WEIGHTED_OPS,
     ensure_node_names,
     float_weight_nodes,
     is_quantized,
+    low_resolution_layers,
     quantizable_nodes,
     quantize_qdq,
     scheme_for,
@@ -67,6 +71,10 @@ class Int8Options:
     """Node names kept in float."""
     exclude_op_types: tuple[str, ...] = ()
     """Op types kept in float."""
+    min_sqnr_db: float | None = 22.0
+    """Keep in float every weighted layer whose activation input quantizes below this SQNR (dB) at its
+    calibrated range (heavy-tailed inputs, e.g. BERT FFN outputs; see ``low_resolution_layers``);
+    ``None`` turns the guard off. Needs histograms, which calibration then collects for every method."""
     fallback: bool = True
     """Run the accuracy-aware fallback when evaluation data and ``max_accuracy_drop`` are given."""
     max_float_layers: int | None = None
@@ -122,8 +130,10 @@ class Int8Pass(GraphoptPass):
         notes: list[str] = []
         data = self._calibration_data(model, notes)
         tensors = tensors_to_calibrate(proto, nodes)
+        guard = options.min_sqnr_db is not None
         calib = calibrate(proto, data, tensors, method, batch_size=options.calib_batch_size,
-                          percentile=options.percentile)
+                          percentile=options.percentile, histograms=True if guard else None,
+                          symmetric=scheme.activation_symmetric)
         if len(data) < MIN_SAMPLES:
             self._warn(f"int8: only {len(data)} calibration samples (< {MIN_SAMPLES}); ranges may not "
                        "represent real inputs — give more", notes)
@@ -131,27 +141,37 @@ class Int8Pass(GraphoptPass):
             self._warn(f"int8: calibration ranges have not settled: {calib.settle.describe()}; give more "
                        "calibration samples", notes)
 
+        low_sqnr = low_resolution_layers(proto, nodes, calib.sqnr_db, options.min_sqnr_db) if guard else {}
+        if low_sqnr:
+            kept = quantizable_nodes(proto, scheme, (*options.exclude_nodes, *low_sqnr), options.exclude_op_types)
+            if any(n.name in set(kept) and n.op_type in WEIGHTED_OPS for n in proto.graph.node):
+                nodes = kept
+                notes.append(f"int8: {len(low_sqnr)} layer(s) kept in float, their input quantizes below "
+                             f"{options.min_sqnr_db:g} dB SQNR: " + ", ".join(
+                                 f"{name} ({db:.1f} dB)" for name, db in list(low_sqnr.items())[:8]))
+            else:
+                low_sqnr = {}  # every layer is low-resolution: quantize anyway, the budget decides
+
         def quantize(layers) -> onnx.ModelProto:
             return quantize_qdq(proto, scheme, calib.ranges, layers)
 
         quantized = quantize(nodes)
         float_layers: tuple[str, ...] = ()
         stats: dict = {"scheme": f"{scheme.target}: {scheme.describe()}", "calib_method": method,
-                       "calib_samples": calib.samples, "calib_settle": calib.settle.describe()}
+                       "calib_samples": calib.samples, "calib_settle": calib.settle.describe(),
+                       "layers_in_float_low_sqnr": {name: round(db, 1) for name, db in low_sqnr.items()}}
         if options.fallback and context.eval is not None and context.max_accuracy_drop is not None:
             evaluator = Evaluator(proto, context.eval)
             weighted = [n.name for n in proto.graph.node if n.name in set(nodes) and n.op_type in WEIGHTED_OPS]
-            others = [n for n in nodes if n not in set(weighted)]
-
-            def quantize_layers(layers) -> onnx.ModelProto:
-                chosen = set(layers)
-                return quantize([n for n in nodes if n in chosen or n in others])
-
-            outcome = run_fallback(quantize_layers, weighted, evaluator, context.max_accuracy_drop,
+            writes_outputs = [op for op in scheme.op_types if op not in scheme.outputs_not_quantized
+                              and op not in FLOAT_OUTPUT_OK]
+            candidates = edits_of(quantized, proto, weighted, nodes, writes_outputs)
+            outcome = run_fallback(candidates, weighted, evaluator, context.max_accuracy_drop,
                                    max_layers=options.max_float_layers, first=quantized,
                                    latency=lambda m: batch1_latency_ms(m, context.eval))
             quantized, float_layers = outcome.model, outcome.float_layers
             stats["fallback"] = [step.describe() for step in outcome.steps]
+            stats["fallback_seconds"] = round(outcome.seconds, 1)
             if not outcome.met:
                 notes.append(f"int8 fallback could not meet the {context.max_accuracy_drop} point budget; "
                              f"best drop {outcome.drop:.3f} points")

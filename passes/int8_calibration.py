@@ -145,6 +145,23 @@ class TensorHistogram:
             return min(peak, percentile_threshold(self.counts, self.width, percentile))
         return min(peak, entropy_threshold(self.counts, self.width))
 
+    def sqnr_db(self, low: float, high: float, *, symmetric: bool = False) -> float | None:
+        """Signal-to-quantization-noise ratio (dB) of 8-bit quantization on ``[low, high]``.
+
+        ``10·log10(E[x²] / (s²/12))`` with ``s = (high − low)/255`` (asymmetric) or
+        ``max(|low|, |high|)/127`` (symmetric) and ``E[x²]`` from the ``|x|`` histogram (bin centres).
+        Rounding noise of a step ``s`` has power ``s²/12``; clipping noise is not counted (it is the
+        calibration method's choice). ``None`` without a histogram or for an all-zero tensor.
+        """
+        if self.counts is None or self.counts.sum() == 0:
+            return None
+        step = max(abs(low), abs(high)) / 127.0 if symmetric else (high - low) / 255.0
+        centres = (np.arange(len(self.counts)) + 0.5) * self.width
+        power = float((self.counts * centres**2).sum() / self.counts.sum())
+        if step <= 0.0 or power <= 0.0:
+            return None
+        return float(10.0 * np.log10(power / (step * step / 12.0)))
+
     def range(self, method: CalibMethod, percentile: float = 99.999) -> tuple[float, float]:
         """``(low, high)`` to quantize this tensor with."""
         if self.min > self.max:
@@ -251,17 +268,21 @@ class CalibrationResult:
     samples: int
     batches: int
     settle: SettleReport
+    sqnr_db: dict[str, float] = dataclasses.field(default_factory=dict)
+    """8-bit SQNR per tensor at its range (only with histograms, see :meth:`TensorHistogram.sqnr_db`)."""
 
 
 class RangeCollector:
     """Streaming state of every observed tensor; ``update`` folds one batch in."""
 
-    def __init__(self, method: CalibMethod, bins: int = DEFAULT_BINS, percentile: float = 99.999) -> None:
+    def __init__(self, method: CalibMethod, bins: int = DEFAULT_BINS, percentile: float = 99.999,
+                 histograms: bool | None = None) -> None:
         if method not in CALIB_METHODS:
             raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIB_METHODS)}")
         self.method = method
         self.bins = bins
         self.percentile = percentile
+        self.histograms = method != "minmax" if histograms is None else histograms
         self.states: dict[str, TensorHistogram] = {}
 
     def update(self, batch: dict[str, np.ndarray]) -> None:
@@ -270,7 +291,7 @@ class RangeCollector:
                 continue
             state = self.states.get(name)
             if state is None:
-                state = self.states[name] = TensorHistogram(self.bins, collect_histogram=self.method != "minmax")
+                state = self.states[name] = TensorHistogram(self.bins, collect_histogram=self.histograms)
             state.update(value)
 
     def merge(self, other: RangeCollector) -> None:
@@ -285,6 +306,16 @@ class RangeCollector:
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         return {name: state.range(self.method, self.percentile) for name, state in self.states.items()}
+
+    def sqnr_db(self, ranges: dict[str, tuple[float, float]], *, symmetric: bool = False) -> dict[str, float]:
+        """:meth:`TensorHistogram.sqnr_db` of every tensor with a histogram, at its range in ``ranges``."""
+        found = {}
+        for name, state in self.states.items():
+            if name in ranges:
+                value = state.sqnr_db(*ranges[name], symmetric=symmetric)
+                if value is not None:
+                    found[name] = value
+        return found
 
 
 def settle_report(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> SettleReport:
@@ -306,9 +337,13 @@ def settle_report(before: dict[str, tuple[float, float]], after: dict[str, tuple
 
 def calibrate(model: ir.Model | onnx.ModelProto, data: DataSet, tensor_names: Sequence[str],
               method: CalibMethod, *, batch_size: int = 8, percentile: float = 99.999,
-              bins: int = DEFAULT_BINS) -> CalibrationResult:
-    """Ranges of ``tensor_names`` over ``data`` with one model run per batch (see module docstring)."""
-    collector = RangeCollector(method, bins, percentile)
+              bins: int = DEFAULT_BINS, histograms: bool | None = None,
+              symmetric: bool = False) -> CalibrationResult:
+    """Ranges of ``tensor_names`` over ``data`` with one model run per batch (see module docstring).
+
+    ``histograms`` (default: every method but minmax) also gives each tensor's 8-bit SQNR at its
+    range (``symmetric`` or asymmetric quantization)."""
+    collector = RangeCollector(method, bins, percentile, histograms)
     total = len(data)
     graph_model = model if isinstance(model, ir.Model) else ir.from_proto(model)
     per_batch = data.batch_size_for(input_specs(graph_model), batch_size)
@@ -326,4 +361,4 @@ def calibrate(model: ir.Model | onnx.ModelProto, data: DataSet, tensor_names: Se
                              description=f"calibrating ({method})")
     final = collector.ranges()
     settle = settle_report(snapshot[0].ranges(), final) if snapshot else SettleReport(False)
-    return CalibrationResult(final, method, total, batches, settle)
+    return CalibrationResult(final, method, total, batches, settle, collector.sqnr_db(final, symmetric=symmetric))

@@ -4,9 +4,22 @@ Rule:
 1. quantize every layer; stop if ``drop ≤ budget`` (``drop`` as in :mod:`graphopt.verify`: accuracy
    points with labels, else 100 − top-1 agreement %, else 100·(1 − mean cosine), worst output);
 2. **sensitivity** of layer ``L`` = the drop of the model where *only* ``L`` is quantized (all the
-   others in float) — the damage ``L`` does on its own, not masked by the noise of the others;
-3. move layers to float in decreasing sensitivity, one per step, re-measuring the metric (and the
-   batch-1 latency) after each step, until ``drop ≤ budget`` or ``max_layers`` are in float.
+   others in float) — the damage ``L`` does on its own, not masked by the noise of the others —
+   measured on a fixed probe subset of the evaluation data (:attr:`Evaluator.probe_samples`);
+3. order the layers by decreasing sensitivity and find the shortest prefix ``k`` of that order
+   whose move to float gives ``drop ≤ budget`` on the full evaluation data: try ``k = 1, 2, 4, 8, …``
+   (growing batches) until the budget holds or ``max_layers`` is reached, then bisect between the
+   last failing and the first passing ``k``. When the drop does not grow as layers go back to
+   float (the usual case) this is the same ``k`` as moving one layer per step, in ``O(log n)``
+   evaluations instead of ``n``. Every evaluated ``k`` is a reported step (metric and latency).
+
+Candidates are **graph edits of the one quantized model** (:func:`float_layers_model`), not new
+quantizer runs: a layer goes back to float by reading its inputs from before their Q→DQ pair,
+its original float weight and bias, and by dropping the Q→DQ pairs on its outputs that no
+quantized node reads — the model onnxruntime's quantizer writes for the smaller layer set
+(tests/test_int8_fallback.py checks both give the same numerics on MatMul models; where the
+quantizer folded a Relu into a Conv's output Q, the edit keeps that post-Relu Q where a fresh
+run would put a pre-Relu Q before a float Relu — one rounding step apart).
 
 The best model seen (lowest drop) is returned either way, with ``met`` saying whether the budget
 held; the caller decides whether it may be written.
@@ -17,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import onnx
 import onnx_ir as ir
@@ -25,10 +38,14 @@ import onnx_ir as ir
 from graphopt.console import track
 from graphopt.data import DataSet, input_specs
 from graphopt.engines import ort as ort_engine
+from graphopt.passes.int8_scheme import FLOAT_OUTPUT_OK, drop_output_qdq_into_float, keep_int8_flow
 from graphopt.verify import Comparison, compare_outputs
 
 Quantize = Callable[[Sequence[str]], onnx.ModelProto]
 """Builds the QDQ model quantizing exactly the given layer names."""
+
+PROBE_SAMPLES = 32
+"""Evaluation samples the sensitivity probes run on (the first ones; the steps use all)."""
 
 
 @dataclasses.dataclass
@@ -39,9 +56,11 @@ class FallbackStep:
     latency_ms: float | None
 
     def describe(self) -> str:
-        kept = ", ".join(self.float_layers[-1:]) if self.float_layers else "none"
+        kept = ", ".join(self.float_layers) if self.float_layers else "none"
+        if len(self.float_layers) > 4:
+            kept = ", ".join(self.float_layers[:3]) + f", … {self.float_layers[-1]}"
         latency = f", {self.latency_ms:.2f} ms" if self.latency_ms is not None else ""
-        return f"{len(self.float_layers)} in float (+{kept}): drop {self.drop:.3f} pts ({self.summary}){latency}"
+        return f"{len(self.float_layers)} in float ({kept}): drop {self.drop:.3f} pts ({self.summary}){latency}"
 
 
 @dataclasses.dataclass
@@ -52,19 +71,32 @@ class FallbackOutcome:
     met: bool
     steps: list[FallbackStep]
     sensitivity: dict[str, float]
+    seconds: float = 0.0
 
 
 class Evaluator:
-    """Drop of a candidate against the float reference on ``data`` (one batch at a time)."""
+    """Drop of a candidate against the float reference on ``data`` (one batch at a time).
 
-    def __init__(self, reference_model: onnx.ModelProto, data: DataSet, batch_size: int = 32) -> None:
+    The reference outputs are computed once; :meth:`probe` compares on the first
+    ``probe_samples`` samples only (their reference outputs are a slice of the same set).
+    """
+
+    def __init__(self, reference_model: onnx.ModelProto, data: DataSet, batch_size: int = 32,
+                 probe_samples: int = PROBE_SAMPLES) -> None:
         self.data = data
         self.batch = data.batch_size_for(input_specs(ir.from_proto(reference_model)), batch_size)
         self.reference = ort_engine.build(reference_model).run_batches(data.batches(self.batch))
+        self.probe_data = data.take(min(probe_samples, len(data)))
+        count = len(self.probe_data)
+        self.probe_reference = {name: value[:count] for name, value in self.reference.items()}
 
     def compare(self, model: onnx.ModelProto) -> Comparison:
         outputs = ort_engine.build(model).run_batches(self.data.batches(self.batch))
         return compare_outputs(self.reference, outputs, self.data.labels)
+
+    def probe(self, model: onnx.ModelProto) -> Comparison:
+        outputs = ort_engine.build(model).run_batches(self.probe_data.batches(self.batch))
+        return compare_outputs(self.probe_reference, outputs, self.probe_data.labels)
 
 
 def batch1_latency_ms(model: onnx.ModelProto, data: DataSet, *, threads: int = 2, runs: int = 10) -> float:
@@ -81,33 +113,265 @@ def batch1_latency_ms(model: onnx.ModelProto, data: DataSet, *, threads: int = 2
     return statistics.median(times)
 
 
+# -- candidates by graph edits ----------------------------------------------------------------
+
+
+def float_layers_model(quantized: onnx.ModelProto, original: onnx.ModelProto, layers: Collection[str],
+                       output_quantized_ops: Collection[str] | None = None) -> onnx.ModelProto:
+    """``quantized`` with ``layers`` back in float (see the module docstring), dead Q/DQ removed.
+
+    ``original`` is the float model ``quantized`` was made from (node names are shared); a
+    layer's float weight and bias come from there, bit for bit. ``output_quantized_ops``: op types
+    whose output Q→DQ the quantizer writes whoever reads it (CPU: Conv → QLinearConv), so a float
+    reader keeps reading through it; ``None`` = every op but MatMul/Gemm/Add (the CPU layout). On
+    the TensorRT layout (no output Q/DQ of its own) pass ``()``.
+    """
+    layers = set(layers)
+    model = onnx.ModelProto()
+    model.CopyFrom(quantized)
+    graph = model.graph
+    if not layers:
+        return model
+    source_nodes = {n.name: n for n in original.graph.node}
+    source_inits = {i.name: i for i in original.graph.initializer}
+    source_constants = {o: n for n in original.graph.node if n.op_type == "Constant" for o in n.output}
+    producers = {o: n for n in graph.node for o in n.output}
+    available = ({i.name for i in graph.initializer} | {i.name for i in graph.input}
+                 | {o for n in graph.node for o in n.output})
+    restored: dict[str, str] = {}
+    still_quantized = {n.name for n in graph.node if n.name in source_nodes and n.name not in layers
+                       and _is_quantized_node(n, producers)}
+    for node in graph.node:
+        if node.name not in layers:
+            continue
+        source = source_nodes[node.name]
+        for index, name in enumerate(node.input):
+            dq = producers.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or index >= len(source.input):
+                continue
+            q = producers.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                writer = producers.get(q.input[0])
+                if writer is not None and writer.name in still_quantized and (
+                        writer.op_type not in FLOAT_OUTPUT_OK if output_quantized_ops is None
+                        else writer.op_type in output_quantized_ops):
+                    continue  # the quantizer writes this pair for its quantized writer (e.g. QLinearConv)
+                node.input[index] = q.input[0]  # activation: read it before its Q→DQ pair
+                continue
+            wanted = source.input[index]  # quantized constant (weight, bias): the original float one
+            if wanted in restored:
+                node.input[index] = restored[wanted]
+                continue
+            name = wanted
+            while name in available:  # the DQ may carry the original name (ORT does so for biases)
+                name += "_float"
+            if wanted in source_inits:
+                init = onnx.TensorProto()
+                init.CopyFrom(source_inits[wanted])
+                init.name = name
+                graph.initializer.append(init)
+            elif wanted in source_constants:
+                constant = onnx.NodeProto()
+                constant.CopyFrom(source_constants[wanted])
+                constant.output[0] = name
+                constant.name = f"{constant.name}_float"
+                graph.node.append(constant)
+            else:
+                continue
+            available.add(name)
+            restored[wanted] = name
+            node.input[index] = name
+    _drop_unread_output_pairs(model, layers, still_quantized)
+    drop_output_qdq_into_float(model, still_quantized)
+    _restore_fused_activations(model, original)
+    _remove_dead(model)
+    if any(n.op_type == "Constant" for n in graph.node):
+        _topological_sort(model)
+    return model
+
+
+def _is_quantized_node(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> bool:
+    return any(producers.get(name) is not None and producers[name].op_type == "DequantizeLinear"
+               for name in node.input)
+
+
+def _drop_unread_output_pairs(model: onnx.ModelProto, layers: set[str], quantized_nodes: set[str]) -> None:
+    """Bypass the Q→DQ pairs on outputs of ``layers`` that no quantized node reads."""
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    for q in list(graph.node):
+        if q.op_type != "QuantizeLinear":
+            continue
+        source = producers.get(q.input[0])
+        if source is None or source.name not in layers:
+            continue
+        dqs = readers.get(q.output[0], [])
+        if any(d.op_type != "DequantizeLinear" for d in dqs):
+            continue
+        downstream = [r for d in dqs for r in readers.get(d.output[0], [])]
+        if any(r.name in quantized_nodes for r in downstream):
+            continue
+        plain = q.input[0]
+        for dq in dqs:
+            if dq.output[0] in outputs:  # keep the graph output's name: the source writes it directly
+                source.output[list(source.output).index(plain)] = dq.output[0]
+                for r in readers.get(plain, []):
+                    r.input[:] = [dq.output[0] if n == plain else n for n in r.input]
+                plain = dq.output[0]
+        for dq in dqs:
+            for r in readers.get(dq.output[0], []):
+                r.input[:] = [plain if n == dq.output[0] else n for n in r.input]
+
+
+def _restore_fused_activations(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Put back the Relu / Clip nodes the quantizer folded into a Q (its range clamps the same way)
+    where their output is now read in float (by a non-Q node or as a graph output)."""
+    graph = model.graph
+    present = {n.name for n in graph.node}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    for node in original.graph.node:
+        if node.op_type not in ("Relu", "Clip") or node.name in present:
+            continue
+        output, source = node.output[0], node.input[0]
+        producer = producers.get(output)
+        if producer is None or source in producers:
+            continue
+        if output not in outputs and all(r.op_type == "QuantizeLinear" for r in readers.get(output, [])):
+            continue
+        producer.output[list(producer.output).index(output)] = source
+        restored = onnx.NodeProto()
+        restored.CopyFrom(node)
+        graph.node.insert(list(graph.node).index(producer) + 1, restored)
+        producers[source], producers[output] = producer, restored
+
+
+def _remove_dead(model: onnx.ModelProto) -> None:
+    """Remove nodes no graph output depends on, then unused initializers."""
+    graph = model.graph
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    if len(keep) != len(graph.node):
+        keep.reverse()
+        del graph.node[:]
+        graph.node.extend(keep)
+    unused = [i for i in graph.initializer if i.name not in needed]
+    for init in unused:
+        graph.initializer.remove(init)
+
+
+def _topological_sort(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    ready = {i.name for i in graph.initializer} | {i.name for i in graph.input} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            ordered += rest
+            break
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def edits_of(quantized: onnx.ModelProto, original: onnx.ModelProto, layers: Sequence[str],
+             nodes: Sequence[str], output_quantized_ops: Collection[str] | None = None) -> Quantize:
+    """A :data:`Quantize` that derives each candidate from ``quantized``.
+
+    ``quantized`` quantizes ``nodes`` (the weighted ``layers`` plus flow ops and residual Adds).
+    A candidate keeping only some layers quantized also drops the flow ops that no longer feed a
+    quantized layer (:func:`~graphopt.passes.int8_scheme.keep_int8_flow`), as the quantizer's own
+    model for that node set would.
+    """
+    everything, weighted = list(nodes), set(layers)
+
+    def quantize(chosen: Sequence[str]) -> onnx.ModelProto:
+        keep = set(chosen)
+        remaining = keep_int8_flow(original, [name for name in everything if name not in weighted or name in keep])
+        left = set(remaining)
+        return float_layers_model(quantized, original, [name for name in everything if name not in left],
+                                  output_quantized_ops)
+
+    return quantize
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+def prefix_schedule(limit: int) -> list[int]:
+    """Growing batch sizes ``1, 2, 4, …`` up to ``limit`` (``limit`` itself last)."""
+    sizes, k = [], 1
+    while k < limit:
+        sizes.append(k)
+        k *= 2
+    if limit > 0:
+        sizes.append(limit)
+    return sizes
+
+
 def run_fallback(quantize: Quantize, layers: Sequence[str], evaluator: Evaluator, budget: float, *,
                  max_layers: int | None = None, latency: Callable[[onnx.ModelProto], float] | None = None,
                  first: onnx.ModelProto | None = None) -> FallbackOutcome:
     """The fallback loop of the module docstring. ``first`` is the all-quantized model if already built."""
+    started = time.perf_counter()
     layers = list(layers)
     model = first if first is not None else quantize(layers)
     comparison = evaluator.compare(model)
     steps = [FallbackStep((), comparison.worst_drop, comparison.summary(), latency(model) if latency else None)]
-    best = (comparison.worst_drop, model, ())
     if comparison.worst_drop <= budget or not layers:
-        return FallbackOutcome(model, (), comparison.worst_drop, comparison.worst_drop <= budget, steps, {})
+        return FallbackOutcome(model, (), comparison.worst_drop, comparison.worst_drop <= budget, steps, {},
+                               time.perf_counter() - started)
     sensitivity = {}
     for layer in track(layers, "int8 layer sensitivity", total=len(layers)):
-        sensitivity[layer] = evaluator.compare(quantize([layer])).worst_drop
+        sensitivity[layer] = evaluator.probe(quantize([layer])).worst_drop
     order = sorted(layers, key=lambda name: (-sensitivity[name], layers.index(name)))
     limit = len(order) if max_layers is None else min(max_layers, len(order))
-    float_layers: list[str] = []
-    for layer in order[:limit]:
-        float_layers.append(layer)
-        keep = set(float_layers)
-        model = quantize([name for name in layers if name not in keep])
-        comparison = evaluator.compare(model)
-        drop = comparison.worst_drop
-        steps.append(FallbackStep(tuple(float_layers), drop, comparison.summary(), latency(model) if latency else None))
-        if drop < best[0]:
-            best = (drop, model, tuple(float_layers))
-        if drop <= budget:
-            return FallbackOutcome(model, tuple(float_layers), drop, True, steps, sensitivity)
-    drop, model, kept = best
-    return FallbackOutcome(model, kept, drop, False, steps, sensitivity)
+    tried: dict[int, tuple[float, onnx.ModelProto]] = {0: (comparison.worst_drop, model)}
+
+    def attempt(k: int) -> float:
+        keep = set(order[:k])
+        candidate = quantize([name for name in layers if name not in keep])
+        result = evaluator.compare(candidate)
+        tried[k] = (result.worst_drop, candidate)
+        steps.append(FallbackStep(tuple(order[:k]), result.worst_drop, result.summary(),
+                                  latency(candidate) if latency else None))
+        return result.worst_drop
+
+    failing, passing = 0, None
+    for k in prefix_schedule(limit):
+        if attempt(k) <= budget:
+            passing = k
+            break
+        failing = k
+    if passing is not None:
+        while passing - failing > 1:
+            middle = (failing + passing) // 2
+            if attempt(middle) <= budget:
+                passing = middle
+            else:
+                failing = middle
+        drop, model = tried[passing]
+        return FallbackOutcome(model, tuple(order[:passing]), drop, True, steps, sensitivity,
+                               time.perf_counter() - started)
+    k = min(tried, key=lambda n: (tried[n][0], n))
+    drop, model = tried[k]
+    return FallbackOutcome(model, tuple(order[:k]), drop, False, steps, sensitivity, time.perf_counter() - started)
