@@ -109,9 +109,11 @@ class PassManager(FunctionalPass):
                 rolled_back_reason = f"result did not validate ({check.problem})"
             elif check.note:
                 row.notes.append(check.note)
-            new_comparison = comparison
+            new_comparison = None  # stays None when the candidate cannot run here: nothing is claimed
+            outputs = None
             if rolled_back_reason is None and reference is not None and check.runnable:
                 outputs = _run(candidate, data, batch)
+            if outputs is not None:
                 new_comparison = compare_outputs(reference, outputs, labels)
                 if p.lossless and not new_comparison.numerically_close(LOSSLESS_RTOL):
                     worst = max(new_comparison.metrics, key=lambda m: m.relative_error)
@@ -127,6 +129,8 @@ class PassManager(FunctionalPass):
             row.nodes_after, row.bytes_after = len(working.graph), initializer_bytes(working)
             if comparison is not None:
                 row.metric, row.metric_summary = comparison.to_dict(), comparison.summary()
+            elif reference is not None:
+                row.metric_summary = "not measured: cannot run on this machine"
             rows.append(row)
         modified = any(r.status == "applied" for r in rows)
         return ManagerResult(working if working is not model else model.clone(), modified, rows=rows,

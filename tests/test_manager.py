@@ -146,3 +146,27 @@ def test_quality_gate(tmp_path, model_path):
     result = optimize(model_path, tmp_path / "o.onnx", eval_data=eval_path, target="cpu", max_accuracy_drop=0.0)
     assert result.passed and result.report.quality_gate["passed"]
     assert (tmp_path / "o.onnx").exists()
+
+
+class ToCustomOp(GraphoptPass):
+    """Swaps Relu for a custom-domain op onnxruntime cannot run: the result cannot be measured here."""
+
+    name = "to-custom-op"
+
+    def call(self, model):
+        model = model.clone()
+        for node in model.graph:
+            if node.op_type == "Relu":
+                node.domain = "com.acme"
+        model.opset_imports["com.acme"] = 1
+        return self.result(model, True)
+
+
+def test_unrunnable_result_claims_no_metric_and_gate_is_unverified(tmp_path, model_path):
+    eval_path = save_data(tmp_path / "e.npz")
+    result = optimize(model_path, tmp_path / "o.onnx", passes=[ToCustomOp()], eval_data=eval_path, target="cpu",
+                      max_accuracy_drop=0.5, cache=False)
+    row = result.report.rows[0]
+    assert row.metric is None and row.metric_summary.startswith("not measured")
+    assert result.report.quality_gate["passed"] is None
+    assert any("budget not verified" in w for w in result.report.warnings)
