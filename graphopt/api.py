@@ -108,7 +108,7 @@ def optimize(
     elif budget is not None and evaluation is not None:
         gate = {"max_accuracy_drop": budget, "drop": None, "passed": None}
         context.warnings.add("accuracy budget not verified: onnxruntime on this machine cannot run the final "
-                             "model; only the passes' own checks (see their rows) vouch for it")
+                             "model; only the passes' own checks (see their rows) vouch for it", condense=False)
     if result.comparison_data is not None and result.comparison_data.synthetic:
         notes.append("outputs compared on generated probe inputs; give --eval-data for real accuracy")
 

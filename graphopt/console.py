@@ -47,8 +47,10 @@ class WarningLog:
     def __init__(self) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
 
-    def add(self, message: str) -> None:
-        self.counts[_condense(message)] += 1
+    def add(self, message: str, *, condense: bool = True) -> None:
+        """Count ``message``; library messages are condensed to their per-tensor-free prefix,
+        graphopt's own (``condense=False``) are kept whole."""
+        self.counts[_condense(message) if condense else message] += 1
 
     def lines(self) -> list[str]:
         return [f"{msg} (×{n})" if n > 1 else msg for msg, n in self.counts.items()]

@@ -128,7 +128,7 @@ class Int8Pass(GraphoptPass):
         if not any(n.name in set(nodes) and n.op_type in WEIGHTED_OPS for n in proto.graph.node):
             raise PreconditionFailed("nothing left to quantize: every weighted layer is excluded")
         notes: list[str] = []
-        data = self._calibration_data(model, notes)
+        data = self._calibration_data(model)
         tensors = tensors_to_calibrate(proto, nodes)
         guard = options.min_sqnr_db is not None
         calib = calibrate(proto, data, tensors, method, batch_size=options.calib_batch_size,
@@ -136,10 +136,10 @@ class Int8Pass(GraphoptPass):
                           symmetric=scheme.activation_symmetric)
         if len(data) < MIN_SAMPLES:
             self._warn(f"int8: only {len(data)} calibration samples (< {MIN_SAMPLES}); ranges may not "
-                       "represent real inputs — give more", notes)
+                       "represent real inputs — give more")
         if not calib.settle.settled:
             self._warn(f"int8: calibration ranges have not settled: {calib.settle.describe()}; give more "
-                       "calibration samples", notes)
+                       "calibration samples")
 
         low_sqnr = low_resolution_layers(proto, nodes, calib.sqnr_db, options.min_sqnr_db) if guard else {}
         if low_sqnr:
@@ -185,7 +185,7 @@ class Int8Pass(GraphoptPass):
             notes += [f"TensorRT check: {p}" for p in problems[:10]]
         return self.result(ir.from_proto(quantized), True, stats, notes)
 
-    def _calibration_data(self, model: ir.Model, notes: list[str]) -> DataSet:
+    def _calibration_data(self, model: ir.Model) -> DataSet:
         options, context = self.options, self.context
         data = context.calib
         if data is None:
@@ -194,12 +194,12 @@ class Int8Pass(GraphoptPass):
                                  "or --calib-random to calibrate on random inputs (poor accuracy)")
             data = probe_data(input_specs(model), count=options.calib_random_samples, seed=0)
             self._warn("int8: calibrating on RANDOM inputs (--calib-random); ranges will not match real data "
-                       "and accuracy may be poor — give --calib-data for a model you ship", notes)
+                       "and accuracy may be poor — give --calib-data for a model you ship")
         if options.calib_samples is not None:
             data = data.take(options.calib_samples)
         return data
 
-    def _warn(self, message: str, notes: list[str]) -> None:
-        notes.append(message)
-        self.context.warnings.add(message)
+    def _warn(self, message: str) -> None:
+        """Print now (long runs) and list once in the report's warnings (not again in the row's notes)."""
+        self.context.warnings.add(message, condense=False)
         stderr.print(f"[yellow]warning:[/yellow] {message}")

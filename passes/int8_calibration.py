@@ -14,6 +14,14 @@ State per tensor (:class:`TensorHistogram`):
   by a power of two is exact in floating point), so the streamed histogram **equals** the one-shot
   histogram of the concatenated data, and two histograms built on different batches merge exactly.
 
+Histogram sampling: min/max see every value, but the histogram of a large tensor takes every
+``k``-th value of each *sample* (``k = ceil(values per sample / HISTOGRAM_VALUES_PER_SAMPLE)``,
+fixed per tensor from its first batch). The stride runs within a sample, never across the batch
+axis, so the sampled values — and the histogram — do not depend on how samples are batched, and
+the streamed result still equals the one-shot one. Counting every value of a 224×224 CNN's
+activations costs as much as running the model; 2**17 values per sample and tensor keep a
+99.999 % percentile resolved by > 600 values at 512 samples.
+
 Thresholds from the histogram (``t`` clips ``|x|``; the range is ``[max(min, -t), min(max, t)]``):
 
 * **entropy** — TensorRT's KL calibration: for each candidate edge ``i`` (``i ≥ 128`` bins),
@@ -53,6 +61,8 @@ SETTLE_FRACTION = 0.25
 UNSETTLED_MOVE = 0.10
 """Warn when some tensor's range moved by more than this fraction over the last 25 % of samples."""
 MIN_SAMPLES = 32
+HISTOGRAM_VALUES_PER_SAMPLE = 2**17
+"""Values of one sample that go into a tensor's histogram (see "Histogram sampling")."""
 
 
 @dataclasses.dataclass
@@ -68,6 +78,8 @@ class TensorHistogram:
     zeros: int = 0
     """Values seen while every value so far was 0 (they go to bin 0 once the grid exists)."""
     collect_histogram: bool = True
+    stride: int | None = None
+    """Every ``stride``-th value of each sample feeds the histogram; fixed by the first batch."""
 
     @property
     def width(self) -> float:
@@ -84,17 +96,21 @@ class TensorHistogram:
         self.min, self.max = min(self.min, low), max(self.max, high)
         if not self.collect_histogram:
             return
+        per_sample = values.reshape(len(values), -1) if values.ndim > 1 else values.reshape(1, -1)
+        if self.stride is None:
+            self.stride = max(1, -(-per_sample.shape[1] // HISTOGRAM_VALUES_PER_SAMPLE))
+        sampled = per_sample[:, :: self.stride]
         peak = max(-low, high)
         if peak == 0.0:
             if self.counts is None:
-                self.zeros += values.size
+                self.zeros += sampled.size
             else:
-                self.counts[0] += values.size
+                self.counts[0] += sampled.size
             return
         self._grow_to(peak)
-        scaled = np.abs(values.reshape(-1))
+        scaled = np.abs(sampled).reshape(-1)
         scaled *= np.float32(2.0 ** -self.exponent)  # exact: power-of-two scaling
-        index = scaled.astype(np.int32)  # floor for non-negative values
+        index = scaled.astype(np.intp)  # floor for non-negative values; intp spares bincount a cast
         self.counts += np.bincount(index, minlength=self.bins)
 
     def merge(self, other: TensorHistogram) -> None:
