@@ -38,7 +38,12 @@ import onnx_ir as ir
 from graphopt.console import track
 from graphopt.data import DataSet, input_specs
 from graphopt.engines import ort as ort_engine
-from graphopt.passes.int8_scheme import FLOAT_OUTPUT_OK, drop_output_qdq_into_float, keep_int8_flow
+from graphopt.passes.int8_scheme import (
+    FLOAT_OUTPUT_OK,
+    drop_output_qdq_into_float,
+    graph_links,
+    keep_int8_flow,
+)
 from graphopt.verify import Comparison, compare_outputs
 
 Quantize = Callable[[Sequence[str]], onnx.ModelProto]
@@ -198,11 +203,7 @@ def _is_quantized_node(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto
 def _drop_unread_output_pairs(model: onnx.ModelProto, layers: set[str], quantized_nodes: set[str]) -> None:
     """Bypass the Q→DQ pairs on outputs of ``layers`` that no quantized node reads."""
     graph = model.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producers, readers = graph_links(graph)
     outputs = {o.name for o in graph.output}
     for q in list(graph.node):
         if q.op_type != "QuantizeLinear":
@@ -233,11 +234,7 @@ def _restore_fused_activations(model: onnx.ModelProto, original: onnx.ModelProto
     where their output is now read in float (by a non-Q node or as a graph output)."""
     graph = model.graph
     present = {n.name for n in graph.node}
-    producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producers, readers = graph_links(graph)
     outputs = {o.name for o in graph.output}
     for node in original.graph.node:
         if node.op_type not in ("Relu", "Clip") or node.name in present:

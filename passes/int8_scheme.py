@@ -160,10 +160,7 @@ def keep_int8_flow(model: onnx.ModelProto, chosen: list[str]) -> list[str]:
     """
     selected = set(chosen)
     weighted = {n.name for n in model.graph.node if n.name in selected and n.op_type in WEIGHTED_OPS}
-    readers: dict[str, list[str]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node.name)
+    readers = {name: [n.name for n in nodes] for name, nodes in graph_links(model.graph)[1].items()}
     kept = set(weighted)
     for node in reversed(model.graph.node):
         if node.name not in selected or node.name in weighted:
@@ -251,6 +248,16 @@ FLOAT_OUTPUT_OK = ("MatMul", "Gemm", "Add")
 QGemm) or whose output precision matters most (residual stream before LayerNorm)."""
 
 
+def graph_links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """``(producers, consumers)``: the node writing each tensor, and the nodes reading it (in order)."""
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producers, consumers
+
+
 def drop_output_qdq_into_float(model: onnx.ModelProto, quantized: set[str]) -> int:
     """Remove the Q→DQ pair on outputs of MatMul/Gemm/Add that only feed float ops or graph outputs.
 
@@ -259,11 +266,7 @@ def drop_output_qdq_into_float(model: onnx.ModelProto, quantized: set[str]) -> i
     the number of pairs removed.
     """
     graph = model.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producers, consumers = graph_links(graph)
     outputs = {o.name for o in graph.output}
     removed, drop = 0, []
     for q in graph.node:

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graphopt.passes.int8_scheme import graph_links
+
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 SCALE_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
 WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
@@ -71,13 +73,7 @@ def check_trt_qdq(model: onnx.ModelProto) -> list[str]:
     types = {vi.name: vi.type.tensor_type.elem_type for vi in
              list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
     types.update({name: t.data_type for name, t in constants.items()})
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    producers: dict[str, onnx.NodeProto] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-        for name in node.output:
-            producers[name] = node
+    producers, consumers = graph_links(model.graph)
     graph_outputs = {o.name for o in model.graph.output}
 
     for node in model.graph.node:
