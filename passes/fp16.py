@@ -40,7 +40,7 @@ from onnx_ir.passes import common as ir_common
 from graphopt.console import WarningLog, captured_warnings
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PassFailedError, PreconditionFailed, QualityGateError
-from graphopt.model_io import DEFAULT_OPSET, opset_version, upgrade_opset
+from graphopt.model_io import DEFAULT_OPSET, normalize_model, opset_version, upgrade_opset
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
 from graphopt.passes import fp16_blocklist as blocklist
 from graphopt.passes import fp16_typecheck as typecheck
@@ -166,9 +166,7 @@ class Fp16Pass(GraphoptPass):
             old = opset_version(working)
             working = upgrade_opset(working, DEFAULT_OPSET)
             notes.append(f"opset upgraded {old} → {DEFAULT_OPSET} for {self.label} kernels")
-        if any(v.name in working.graph.initializers for v in working.graph.inputs):
-            ir_common.RemoveInitializersFromInputsPass()(working)
-        ir_common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(working)
+        normalize_model(working)  # initializers out of the inputs, Constant weights lifted
         ir_common.NameFixPass()(working)
         return ir.to_proto(working)
 
