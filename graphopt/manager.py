@@ -111,8 +111,8 @@ class PassManager(FunctionalPass):
                 row.notes.append(check.note)
             new_comparison = None  # stays None when the candidate cannot run here: nothing is claimed
             outputs = None
-            if rolled_back_reason is None and reference is not None and check.runnable:
-                outputs = _run(candidate, data, batch)
+            if rolled_back_reason is None and reference is not None and check.engine is not None:
+                outputs = _run_engine(check.engine, data, batch)
             if outputs is not None:
                 new_comparison = compare_outputs(reference, outputs, labels)
                 if p.lossless and not new_comparison.numerically_close(LOSSLESS_RTOL):
@@ -172,6 +172,11 @@ def _run(model: ir.Model, data: DataSet, batch: int) -> dict[str, np.ndarray] | 
         engine = ort_engine.build(model)
     except Exception:
         return None
+    return _run_engine(engine, data, batch)
+
+
+def _run_engine(engine: ort_engine.OrtEngine, data: DataSet, batch: int) -> dict[str, np.ndarray]:
+    """Outputs of ``engine`` on ``data``, batch by batch."""
     # float data for a model with fp16/double inputs (e.g. fp16 with --fp16-io): cast the feeds
     float_inputs = {i.name: _NP_FLOAT[i.type] for i in engine.session.get_inputs() if i.type in _NP_FLOAT}
     batches = ({k: v.astype(float_inputs[k]) if k in float_inputs and v.dtype.kind == "f" else v

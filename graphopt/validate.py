@@ -18,6 +18,8 @@ class ValidationResult:
     runnable: bool = True
     """False when onnxruntime on this machine cannot load the model (custom ops, GPU-only kernels)."""
     note: str | None = None
+    engine: ort_engine.OrtEngine | None = None
+    """The CPU session that proved the model loads, for callers that run it next."""
 
 
 def validate_model(model: ir.Model, *, require_runtime: bool = True) -> ValidationResult:
@@ -37,7 +39,7 @@ def validate_model(model: ir.Model, *, require_runtime: bool = True) -> Validati
     except Exception as exc:
         return ValidationResult(False, f"shape inference: {_first_line(exc)}")
     try:
-        ort_engine.build(proto)
+        engine = ort_engine.build(proto)
     except Exception as exc:
         reason = _first_line(exc)
         if unknown:
@@ -45,7 +47,7 @@ def validate_model(model: ir.Model, *, require_runtime: bool = True) -> Validati
         if not require_runtime:
             return ValidationResult(True, None, False, f"onnxruntime (CPU) cannot load the model here: {reason}")
         return ValidationResult(False, f"onnxruntime cannot load the model: {reason}")
-    return ValidationResult(True)
+    return ValidationResult(True, engine=engine)
 
 
 def _first_line(exc: BaseException) -> str:
