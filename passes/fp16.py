@@ -249,6 +249,7 @@ class Fp16Pass(GraphoptPass):
         if self.low == TensorProto.BFLOAT16:
             _retype_to_bf16(converted, proto)
         fixes: collections.Counter[str] = collections.Counter()
+        fixes["weights packed as raw bytes"] += pack_16bit_initializers(converted)
         fixes["duplicate casts dropped"] += typecheck.drop_duplicate_producers(converted)
         converted = _sorted(converted)  # the library appends its Casts at the end; inference needs order
         fixes["mixed-type inputs cast"] += typecheck.fix_mixed_float_inputs(converted, fp32_nodes, self.low)
@@ -366,6 +367,23 @@ def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def _names(proto: onnx.ModelProto) -> set[str]:
     return {n.name for g in typecheck.iter_graphs(proto.graph) for n in g.node}
+
+
+def pack_16bit_initializers(model: onnx.ModelProto) -> int:
+    """Store fp16/bf16 initializers as 2 bytes per value in ``raw_data``; returns how many moved.
+
+    The converter writes them to ``int32_data``, where protobuf spends a varint of 1–3 bytes (and
+    4 bytes of field overhead per tensor) on each 16-bit pattern: a ResNet-18 came out 24 % larger
+    than its fp16 weights. The bit patterns are the same, so the values do not change.
+    """
+    moved = 0
+    for graph in typecheck.iter_graphs(model.graph):
+        for tensor in graph.initializer:
+            if tensor.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16) and len(tensor.int32_data):
+                tensor.raw_data = np.asarray(tensor.int32_data, dtype=np.uint16).tobytes()
+                tensor.ClearField("int32_data")
+                moved += 1
+    return moved
 
 
 def _count_casts(proto: onnx.ModelProto) -> int:

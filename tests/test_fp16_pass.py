@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import graphopt
 from graphopt.data import DataSet
 from graphopt.errors import PreconditionFailed, QualityGateError
 from graphopt.pass_base import PassContext
@@ -238,3 +239,33 @@ def test_model_without_float_tensors_is_refused():
                        [helper.make_tensor_value_info("c", TensorProto.INT64, [2])])
     with pytest.raises(PreconditionFailed, match="no float tensors"):
         convert(proto)
+
+
+def test_fp16_weights_take_two_bytes_each_on_disk(tmp_path):
+    """Weights are packed as raw 16-bit patterns (not protobuf varints): the file halves, values unchanged."""
+    from graphopt.passes.fp16 import pack_16bit_initializers
+
+    rng = np.random.default_rng(7)
+    weight = rng.standard_normal((256, 256)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256])],
+        # float_data, as onnxsim writes folded weights: the converter turns these into int32_data varints
+        [helper.make_tensor("w", TensorProto.FLOAT, weight.shape, weight.reshape(-1).tolist())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    result = graphopt.optimize(model, passes=[Fp16Pass()], target="cuda", cache=False)
+    proto = ir.to_proto(result.model)
+    (init,) = proto.graph.initializer
+    assert init.data_type == TensorProto.FLOAT16 and len(init.raw_data) == weight.size * 2 and not init.int32_data
+    np.testing.assert_array_equal(numpy_helper.to_array(init), weight.astype(np.float16))
+    assert proto.ByteSize() < weight.nbytes * 0.52
+
+    varint = numpy_helper.from_array(weight.astype(np.float16), "v")
+    as_int32 = onnx.TensorProto(name="v", data_type=TensorProto.FLOAT16, dims=list(varint.dims),
+                                int32_data=np.frombuffer(varint.raw_data, np.uint16).astype(np.int32).tolist())
+    holder = helper.make_model(helper.make_graph([], "h", [], [], [as_int32]))
+    assert pack_16bit_initializers(holder) == 1
+    np.testing.assert_array_equal(numpy_helper.to_array(holder.graph.initializer[0]), weight.astype(np.float16))
