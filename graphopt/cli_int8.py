@@ -10,7 +10,7 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 OPTIONS = [
     click.option("--int8", is_flag=True, help="Static int8 quantization (QDQ) calibrated on --calib-data."),
     click.option("--calib-method", type=click.Choice(CALIB_METHODS),
-                 help="int8 calibration [default: percentile on cpu, entropy on trt/cuda]."),
+                 help="int8 calibration [default: percentile, 99.999 %]."),
     click.option("--calib-samples", type=click.IntRange(min=1), metavar="N",
                  help="Use at most N calibration samples [default: all]."),
     click.option("--calib-random", is_flag=True,

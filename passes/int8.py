@@ -14,11 +14,14 @@ Steps:
 6. for ``trt``, check the graph against TensorRT's explicit-quantization rules
    (:mod:`graphopt.passes.int8_trt_check`).
 
-Default calibration method per target: ``cpu`` → percentile (99.999 %): asymmetric uint8 ranges
-already fit one-sided post-ReLU distributions, and clipping the rarest 0.001 % of values keeps
-resolution that single outliers would waste under MinMax; ``trt`` / ``cuda`` → entropy (KL), as
-TensorRT's own calibrator: symmetric ranges around 0 waste half the levels on one-sided tensors,
-and KL picks the clip that loses the least information.
+Default calibration method: **percentile (99.999 %) on every target**, chosen by measurement. On the
+``trt`` layout (symmetric int8, QDQ evaluated with onnxruntime) entropy (KL, TensorRT's own
+calibrator) clipped far too much on the reference models: per-position agreement 63.8 % vs 98.4 %
+on PP-OCRv6 rec, top-1 agreement 71.9 % vs 81.3 % on the ResNet-18-style CNN, cosine 0.84 vs 0.994
+on MiniLM-L6, and it was never better (digits CNN and the transformer encoder: equal). On ``cpu``
+(asymmetric uint8) the same holds (PP-OCRv6 rec 64 % with entropy vs 97.7 %). Percentile clips
+only the rarest 0.001 % of ``|x|``, which keeps resolution that single outliers would waste under
+MinMax while keeping the systematic outlier channels of transformer activations in range.
 """
 
 from __future__ import annotations

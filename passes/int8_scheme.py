@@ -90,7 +90,7 @@ def scheme_for(target: Target, *, activations: str = "auto", per_channel: bool =
     act = "int8" if activations == "auto" else activations
     return Int8Scheme(target.kind, act, activation_symmetric=True, per_channel=per_channel, reduce_range=False,
                       op_types=(*WEIGHTED_OPS, "Add"), outputs_not_quantized=(*WEIGHTED_OPS, "Add"),
-                      quantize_bias=False, default_method="entropy")
+                      quantize_bias=False, default_method="percentile")
 
 
 def is_quantized(model: onnx.ModelProto) -> list[str]:

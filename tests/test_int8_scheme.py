@@ -31,6 +31,8 @@ def test_gpu_schemes_are_symmetric_s8_without_output_qdq_or_bias_quantization():
         assert "MaxPool" not in scheme.op_types and "Relu" not in scheme.op_types
         extra = scheme.ort_extra_options()
         assert extra["ActivationSymmetric"] and extra["WeightSymmetric"] and not extra["QuantizeBias"]
+        # measured: entropy lost up to 35 points of agreement against percentile on this layout (passes/int8.py)
+        assert scheme.default_method == "percentile"
 
 
 def _conv_model(opset=17):
