@@ -72,7 +72,7 @@ def optimize(
     :class:`~graphopt.errors.GraphoptError` subclasses for bad input.
     """
     started = time.perf_counter()
-    input_path = None if isinstance(model, ir.Model | bytes) or not isinstance(model, str | os.PathLike) else Path(model)
+    input_path = Path(model) if isinstance(model, str | os.PathLike) else None
     output_path = Path(output) if output is not None else None
     if output_path is not None:
         check_output_path(output_path, input_path)
