@@ -40,6 +40,7 @@ from graphopt.data import DataSet, input_specs
 from graphopt.engines import ort as ort_engine
 from graphopt.passes.int8_scheme import (
     FLOAT_OUTPUT_OK,
+    bypass_qdq,
     drop_output_qdq_into_float,
     graph_links,
     keep_int8_flow,
@@ -217,16 +218,7 @@ def _drop_unread_output_pairs(model: onnx.ModelProto, layers: set[str], quantize
         downstream = [r for d in dqs for r in readers.get(d.output[0], [])]
         if any(r.name in quantized_nodes for r in downstream):
             continue
-        plain = q.input[0]
-        for dq in dqs:
-            if dq.output[0] in outputs:  # keep the graph output's name: the source writes it directly
-                source.output[list(source.output).index(plain)] = dq.output[0]
-                for r in readers.get(plain, []):
-                    r.input[:] = [dq.output[0] if n == plain else n for n in r.input]
-                plain = dq.output[0]
-        for dq in dqs:
-            for r in readers.get(dq.output[0], []):
-                r.input[:] = [plain if n == dq.output[0] else n for n in r.input]
+        bypass_qdq(source, q, dqs, readers, outputs)
 
 
 def _restore_fused_activations(model: onnx.ModelProto, original: onnx.ModelProto) -> None:

@@ -258,6 +258,24 @@ def graph_links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict
     return producers, consumers
 
 
+def bypass_qdq(source: onnx.NodeProto, q: onnx.NodeProto, dqs: list[onnx.NodeProto],
+               consumers: dict[str, list[onnx.NodeProto]], outputs: set[str]) -> None:
+    """Let the readers of ``source → Q → DQ…`` read ``source``'s float output directly.
+
+    A DQ output that is a graph output keeps its name: ``source`` writes it, and the other readers
+    of ``source``'s output follow the rename. The Q/DQ nodes are left for the caller to drop."""
+    plain = q.input[0]
+    for dq in dqs:
+        if dq.output[0] in outputs:
+            source.output[list(source.output).index(plain)] = dq.output[0]
+            for reader in consumers.get(plain, []):
+                reader.input[:] = [dq.output[0] if n == plain else n for n in reader.input]
+            plain = dq.output[0]
+    for dq in dqs:
+        for reader in consumers.get(dq.output[0], []):
+            reader.input[:] = [plain if n == dq.output[0] else n for n in reader.input]
+
+
 def drop_output_qdq_into_float(model: onnx.ModelProto, quantized: set[str]) -> int:
     """Remove the Q→DQ pair on outputs of MatMul/Gemm/Add that only feed float ops or graph outputs.
 
@@ -283,18 +301,7 @@ def drop_output_qdq_into_float(model: onnx.ModelProto, quantized: set[str]) -> i
         downstream = [c for d in dqs for c in consumers.get(d.output[0], [])]
         if any(c.name in quantized for c in downstream):
             continue
-        plain = q.input[0]
-        for dq in dqs:
-            if dq.output[0] in outputs:
-                for i, name in enumerate(source.output):
-                    if name == plain:
-                        source.output[i] = dq.output[0]
-                plain = dq.output[0]
-        for dq in dqs:
-            for c in consumers.get(dq.output[0], []):
-                for i, name in enumerate(c.input):
-                    if name == dq.output[0]:
-                        c.input[i] = plain
+        bypass_qdq(source, q, dqs, consumers, outputs)
         drop += [q, *dqs]
         removed += 1
     for node in drop:
