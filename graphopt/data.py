@@ -183,16 +183,26 @@ def _load_folder(folder: Path) -> DataSet:
     raise InputError(f"data folder {folder} holds no .npz or .npy files")
 
 
+PROBE_FEATURE_DIM = 64
+"""Size of a dynamic non-batch dim of a float input of rank ≥ 3 in probe data (image height / width,
+frames): a multiple of 32 large enough that a stride-32 CNN with an FPN neck still has 2×2 maps
+(at 1×1 a PP-OCR detector's upsampled and lateral maps disagree in size and ORT fails)."""
+PROBE_OTHER_DIM = 16
+"""Size of every other dynamic non-batch dim (a token sequence length, a rank-2 feature count)."""
+
+
 def probe_data(specs: Sequence[InputSpec], count: int = 8, seed: int = 0,
                dim_overrides: dict[str, tuple[int, ...]] | None = None) -> DataSet:
     """Synthetic inputs for checks when the user gave no data: standard normal floats, small
-    non-negative integers (valid token ids / indices / masks), dynamic dims set to 1 (batch = ``count``)."""
+    non-negative integers (valid token ids / indices / masks); a dynamic batch dim is ``count``,
+    other dynamic dims :data:`PROBE_FEATURE_DIM` (float inputs of rank ≥ 3) or :data:`PROBE_OTHER_DIM`."""
     rng = np.random.default_rng(seed)
     inputs = {}
     for spec in specs:
         shape = list((dim_overrides or {}).get(spec.name, ()))
         if not shape:
-            shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+            dynamic = PROBE_FEATURE_DIM if spec.dtype.kind == "f" and len(spec.shape) >= 3 else PROBE_OTHER_DIM
+            shape = [d if isinstance(d, int) else dynamic for d in spec.shape]
             if shape and not isinstance(spec.shape[0], int):
                 shape[0] = count
         if spec.shape and isinstance(spec.shape[0], int):

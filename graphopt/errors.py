@@ -37,3 +37,10 @@ class QualityGateError(GraphoptError):
     """The optimized model misses an accuracy budget or a check (exit 1)."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), for one-line errors."""
+    text = str(exc).strip() or type(exc).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else text)[:300]

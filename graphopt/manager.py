@@ -25,7 +25,7 @@ from graphopt.cache import PassCache
 from graphopt.console import captured_warnings
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.engines import ort as ort_engine
-from graphopt.errors import GraphoptError, InputError, PassFailedError
+from graphopt.errors import GraphoptError, InputError, PassFailedError, first_line
 from graphopt.model_io import DEFAULT_OPSET, initializer_bytes, model_hash, opset_version, upgrade_opset
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult, PassContext
 from graphopt.report import PassRow
@@ -86,7 +86,12 @@ class PassManager(FunctionalPass):
     def call(self, model: ir.Model) -> ManagerResult:
         data = self.comparison_data(model)
         batch = data.batch_size_for(input_specs(model))
-        reference = _run(model, data, batch)
+        try:
+            reference = _run(model, data, batch)
+        except Exception as exc:
+            shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in data.inputs.items())
+            fix = "give --eval-data with real inputs" if data.synthetic else "check the evaluation data"
+            raise InputError(f"the input model fails on {data.source} ({shapes}): {first_line(exc)}; {fix}") from exc
         labels = data.labels
         working = model
         rows: list[PassRow] = []

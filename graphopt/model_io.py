@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_common
 
-from graphopt.errors import InputError
+from graphopt.errors import InputError, first_line
 
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 1
 DEFAULT_OPSET = 17
@@ -55,7 +55,7 @@ def load_proto(path: Path) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError or RuntimeError for junk bytes
-        raise InputError(f"not a valid ONNX file (corrupt or truncated?): {path}: {_first_line(exc)}") from exc
+        raise InputError(f"not a valid ONNX file (corrupt or truncated?): {path}: {first_line(exc)}") from exc
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise InputError(f"not a valid ONNX file (no graph inside): {path}")
     if not proto.opset_import:
@@ -63,7 +63,7 @@ def load_proto(path: Path) -> onnx.ModelProto:
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:
-        raise InputError(f"cannot read the external data of {path}: {_first_line(exc)}") from exc
+        raise InputError(f"cannot read the external data of {path}: {first_line(exc)}") from exc
     return proto
 
 
@@ -211,7 +211,7 @@ def upgrade_opset(model: ir.Model, target: int = DEFAULT_OPSET) -> ir.Model:
     try:
         converted = onnx.version_converter.convert_version(ir.to_proto(model), target)
     except Exception as exc:
-        raise InputError(f"cannot upgrade the model from opset {opset_version(model)} to {target}: {_first_line(exc)}") from exc
+        raise InputError(f"cannot upgrade the model from opset {opset_version(model)} to {target}: {first_line(exc)}") from exc
     return ir.from_proto(converted)
 
 
@@ -246,7 +246,3 @@ def custom_domains(model: ir.Model) -> set[str]:
     function_domains = {key[0] for key in model.functions}
     return {d for d in used if d not in known and d not in function_domains}
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

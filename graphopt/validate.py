@@ -8,6 +8,7 @@ import onnx
 import onnx_ir as ir
 
 from graphopt.engines import ort as ort_engine
+from graphopt.errors import first_line
 from graphopt.model_io import custom_domains
 
 
@@ -32,16 +33,16 @@ def validate_model(model: ir.Model, *, require_runtime: bool = True) -> Validati
     try:
         onnx.checker.check_model(proto, full_check=False)
     except Exception as exc:
-        return ValidationResult(False, f"onnx checker: {_first_line(exc)}")
+        return ValidationResult(False, f"onnx checker: {first_line(exc)}")
     unknown = custom_domains(model)
     try:
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=not unknown, data_prop=True)
     except Exception as exc:
-        return ValidationResult(False, f"shape inference: {_first_line(exc)}")
+        return ValidationResult(False, f"shape inference: {first_line(exc)}")
     try:
         engine = ort_engine.build(proto)
     except Exception as exc:
-        reason = _first_line(exc)
+        reason = first_line(exc)
         if unknown:
             return ValidationResult(True, None, False, f"onnxruntime cannot run custom op domain(s) {', '.join(sorted(unknown))}; outputs not compared")
         if not require_runtime:
@@ -49,8 +50,3 @@ def validate_model(model: ir.Model, *, require_runtime: bool = True) -> Validati
         return ValidationResult(False, f"onnxruntime cannot load the model: {reason}")
     return ValidationResult(True, engine=engine)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return (lines[0] if lines else text)[:300]

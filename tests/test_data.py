@@ -6,7 +6,15 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from graphopt.data import DataSet, input_specs, load_data, probe_data
+from graphopt.data import (
+    PROBE_FEATURE_DIM,
+    PROBE_OTHER_DIM,
+    DataSet,
+    InputSpec,
+    input_specs,
+    load_data,
+    probe_data,
+)
 from graphopt.errors import InputError
 from tests.conftest import conv_bn_model, save_data
 
@@ -67,3 +75,12 @@ def test_fingerprint_follows_content():
     b = DataSet({"input": np.ones((2, 1, 8, 8), np.float32)})
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == DataSet({"input": np.zeros((2, 1, 8, 8), np.float32)}).fingerprint()
+
+
+def test_probe_data_gives_dynamic_image_dims_a_size_cnns_can_downsample():
+    image = InputSpec("image", np.dtype(np.float32), ("N", 3, "H", "W"))
+    tokens = InputSpec("ids", np.dtype(np.int64), ("batch", "seq"))
+    data = probe_data([image, tokens], count=2)
+    assert data.inputs["image"].shape == (2, 3, PROBE_FEATURE_DIM, PROBE_FEATURE_DIM)
+    assert PROBE_FEATURE_DIM % 32 == 0
+    assert data.inputs["ids"].shape == (2, PROBE_OTHER_DIM)

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.api import optimize
 from graphopt.cache import PassCache
@@ -170,3 +171,16 @@ def test_unrunnable_result_claims_no_metric_and_gate_is_unverified(tmp_path, mod
     assert row.metric is None and row.metric_summary.startswith("not measured")
     assert result.report.quality_gate["passed"] is None
     assert any("budget not verified" in w for w in result.report.warnings)
+
+
+def test_model_that_fails_on_probe_inputs_gets_one_line_input_error():
+    """A model whose run-time shapes do not fit the generated probe inputs (Reshape to rows of 3 of a
+    16-wide dynamic feature dim) is reported as bad input, naming the probe shapes and the fix."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "F"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["R", 3])
+    shape = numpy_helper.from_array(np.array([-1, 3], dtype=np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g", [x], [y], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(InputError, match=r"fails on <probe inputs> \(x 8x16\).*give --eval-data") as info:
+        PassManager([SimplifyPass()], context())(ir.from_proto(model))
+    assert "\n" not in str(info.value)

@@ -59,6 +59,7 @@ import onnx  # noqa: E402
 from graphopt.console import WarningLog, captured_warnings  # noqa: E402
 from graphopt.data import DataSet, load_data  # noqa: E402
 from graphopt.engines.ort import build as build_engine  # noqa: E402
+from graphopt.errors import first_line  # noqa: E402
 from graphopt.versions import library_versions  # noqa: E402
 from tools.bench_lib import (  # noqa: E402
     format_number,
@@ -220,7 +221,7 @@ def _ort_int8_tuned(case: Case, out: Path) -> Converted:
     except Exception as exc:  # e.g. ORT's fp32 fusions leave a graph its quantizer turns invalid
         if source == case.model:
             raise
-        note = f"quantizing the pre-processed model failed ({_first_line(exc)}); quantized the model as given"
+        note = f"quantizing the pre-processed model failed ({first_line(exc)}); quantized the model as given"
         quantize_static(str(case.model), str(out), _calibration_reader(case),
                         extra_options=dict(ORT_TUNED["extra_options"]), **options)
     details = {"options": ORT_TUNED}
@@ -284,7 +285,7 @@ def _graphopt(case: Case, out: Path, pipeline: dict, target: str = "cpu") -> Con
         result = optimize(case.model, out, pipeline=Pipeline.from_dict({**pipeline, "target": target}),
                           calib_data=case.calib, eval_data=case.eval, cache=False)
     except GraphoptError as exc:
-        raise Skip(f"graphopt refused: {_first_line(exc)}") from exc
+        raise Skip(f"graphopt refused: {first_line(exc)}") from exc
     if result.output_path is None:
         raise Skip("graphopt wrote no model (quality gate missed)")
     rows = [{"pass": r.name, "status": r.status, "seconds": round(r.seconds, 3), "stats": r.stats,
@@ -323,15 +324,10 @@ def _ort_pre_process(model: Path, out: Path) -> tuple[Path, str | None]:
             quant_pre_process(str(model), str(out))
         return out, None
     except Exception as exc:
-        first = _first_line(exc)
+        first = first_line(exc)
     with scratch_cwd():
         quant_pre_process(str(model), str(out), skip_symbolic_shape=True)
     return out, f"symbolic shape inference failed ({first}); pre-processed without it"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -343,7 +339,7 @@ def load_case(name: str) -> Case:
     try:
         model, calib, evaluation = build_model(name)
     except ImportError as exc:
-        raise Skip(_first_line(exc)) from exc
+        raise Skip(first_line(exc)) from exc
     if evaluation is None:
         raise Skip("model has no eval data")
     return Case(name, Path(model), Path(calib) if calib else None, Path(evaluation), entry.check)
@@ -379,14 +375,14 @@ def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, 
                     raise
                 # a GPU-target layout (e.g. bf16 for --target cuda) that ORT's CPU provider cannot load
                 checked = "; ".join(r["metric"] for r in converted.details.get("passes", []) if r.get("metric"))
-                raise Skip(f"ORT CPU cannot run it ({_first_line(exc)}); graphopt's emulated check: {checked}") from exc
+                raise Skip(f"ORT CPU cannot run it ({first_line(exc)}); graphopt's emulated check: {checked}") from exc
             row["providers"] = engine.providers
             outputs[name] = _run_eval(engine, evaluation, feeds_for)
             engines[name] = engine
         except Skip as exc:
             row.update(status="skipped", reason=str(exc))
         except Exception as exc:  # a peer tool or our own pass failing on this model is a result, not a crash
-            row.update(status="error", reason=f"{type(exc).__name__}: {_first_line(exc)}",
+            row.update(status="error", reason=f"{type(exc).__name__}: {first_line(exc)}",
                        traceback=traceback.format_exc(limit=6))
         if log.lines():
             row["warnings"] = log.lines()
@@ -400,7 +396,7 @@ def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, 
         try:
             rows[name]["quality"] = measure_quality(case.check, reference, outputs[name], evaluation.labels).to_dict()
         except ValueError as exc:
-            rows[name].update(status="error", reason=f"quality: {_first_line(exc)}")
+            rows[name].update(status="error", reason=f"quality: {first_line(exc)}")
 
     one = evaluation.take(1).inputs
     runners = {}
