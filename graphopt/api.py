@@ -31,6 +31,7 @@ from graphopt.pass_base import GraphoptPass, PassContext
 from graphopt.pipeline import Pipeline
 from graphopt.report import Report
 from graphopt.target import Target, make_target
+from graphopt.verify import MetricChoice, check_metric_choice
 from graphopt.versions import library_versions
 
 DataLike = str | os.PathLike | DataSet
@@ -60,6 +61,7 @@ def optimize(
     eval_data: DataLike | None = None,
     target: str | Target | None = None,
     max_accuracy_drop: float | None = None,
+    metric: MetricChoice | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     keep_best: bool = False,
@@ -83,6 +85,7 @@ def optimize(
     elif passes is not None:
         raise InputError("give either passes or a pipeline, not both")
     budget = max_accuracy_drop if max_accuracy_drop is not None else pipeline.max_accuracy_drop
+    chosen_metric = metric if metric is not None else pipeline.metric
     if budget is not None and budget < 0:
         raise InputError(f"--max-accuracy-drop must be ≥ 0 percentage points, got {budget}")
 
@@ -92,10 +95,11 @@ def optimize(
     specs = input_specs(source_model)
     calib = _data(calib_data, "calibration", specs)
     evaluation = _data(eval_data, "evaluation", specs)
+    check_metric_choice(chosen_metric, evaluation.labels if evaluation is not None else None)
     resolved = _target(target if target is not None else pipeline.target)
 
     context = PassContext(target=resolved, calib=calib, eval=evaluation, max_accuracy_drop=budget,
-                          warnings=WarningLog())
+                          metric=chosen_metric, warnings=WarningLog())
     manager = PassManager(pipeline.passes, context, PassCache(Path(cache_dir) if cache_dir else None, enabled=cache))
     result = manager(source_model)
 
@@ -137,6 +141,7 @@ def optimize(
         warnings=context.warnings.lines(),
         quality_gate=gate,
         eval_source=result.comparison_data.source if result.comparison_data else None,
+        metric=chosen_metric,
     )
     return OptimizeResult(result.model, report, written, passed)
 

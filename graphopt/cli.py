@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from graphopt.target import TARGET_KINDS
+from graphopt.verify import METRIC_CHOICES
 
 EXIT_INTERRUPTED = 130
 
@@ -77,6 +78,9 @@ def _with_pass_flags(command):
 @click.option("--eval-data", type=click.Path(path_type=Path), help="Evaluation data (.npz, optional 'labels') to prove accuracy.")
 @click.option("--target", type=click.Choice(TARGET_KINDS), help="Where the model will run [default: best this machine runs].")
 @click.option("--max-accuracy-drop", type=float, metavar="PCT", help="Largest allowed quality drop, percentage points.")
+@click.option("--metric", type=click.Choice(METRIC_CHOICES),
+              help="How outputs are judged: accuracy (labels), agreement (argmax over the last axis, per position "
+                   "for sequences), cosine [default: auto, from labels and output names].")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout instead of the table.")
 @click.option("--config", type=click.Path(path_type=Path), help="Pipeline file (YAML or JSON) listing passes and options.")
@@ -84,8 +88,8 @@ def _with_pass_flags(command):
 @click.option("--no-cache", is_flag=True, help="Do not read or write the pass-result cache.")
 @click.pass_context
 def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: Path | None,
-             eval_data: Path | None, target: str | None, max_accuracy_drop: float | None, report_path: Path | None,
-             as_json: bool, config: Path | None, cache_dir: Path | None, no_cache: bool, **pass_flags) -> None:
+             eval_data: Path | None, target: str | None, max_accuracy_drop: float | None, metric: str | None,
+             report_path: Path | None, as_json: bool, config: Path | None, cache_dir: Path | None, no_cache: bool, **pass_flags) -> None:
     """Optimize MODEL for a target and report what changed and how accurate it stays."""
     from graphopt.api import default_output_path
     from graphopt.api import optimize as run_optimize
@@ -116,7 +120,7 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: P
     resolved = make_target(pipeline.target)
     stderr.print(f"target: {resolved.describe()}" + ("" if pipeline.target else " (pass --target in deployment pipelines)"))
     result = run_optimize(model, output, pipeline=pipeline, calib_data=calib_data, eval_data=eval_data,
-                          target=resolved, max_accuracy_drop=max_accuracy_drop,
+                          target=resolved, max_accuracy_drop=max_accuracy_drop, metric=metric,
                           cache=not no_cache, cache_dir=cache_dir)
     if report_path is not None:
         result.report.write_json(report_path)

@@ -95,7 +95,8 @@ class PassManager(FunctionalPass):
         labels = data.labels
         working = model
         rows: list[PassRow] = []
-        comparison = compare_outputs(reference, reference, labels) if reference is not None else None
+        metric = self.context.metric
+        comparison = compare_outputs(reference, reference, labels, metric) if reference is not None else None
         for p in self.passes:
             row = PassRow(p.name, "applied", nodes_before=len(working.graph), bytes_before=initializer_bytes(working))
             started = time.perf_counter()
@@ -119,7 +120,7 @@ class PassManager(FunctionalPass):
             if rolled_back_reason is None and reference is not None and check.engine is not None:
                 outputs = _run_engine(check.engine, data, batch)
             if outputs is not None:
-                new_comparison = compare_outputs(reference, outputs, labels)
+                new_comparison = compare_outputs(reference, outputs, labels, metric)
                 if p.lossless and not new_comparison.numerically_close(LOSSLESS_RTOL):
                     worst = max(new_comparison.metrics, key=lambda m: m.relative_error)
                     rolled_back_reason = (f"outputs differ from the original on {data.source} "
@@ -148,6 +149,7 @@ class PassManager(FunctionalPass):
             extra[need] = dataset.fingerprint() if dataset is not None else None
         if p.uses_data or p.needs:
             extra["max_accuracy_drop"] = self.context.max_accuracy_drop
+            extra["metric"] = self.context.metric
         key = self.cache.key(model_hash(model), p.fingerprint(), extra) if self.cache.enabled else ""
         cached = self.cache.get(key) if key else None
         if cached is not None:

@@ -27,6 +27,7 @@ from onnx_ir.passes import FunctionalPass, PassResult
 from graphopt.console import WarningLog
 from graphopt.data import DataSet
 from graphopt.target import Target
+from graphopt.verify import MetricChoice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,8 @@ class PassContext:
     eval: DataSet | None = None
     max_accuracy_drop: float | None = None
     """Largest allowed quality drop, in percentage points (see :mod:`graphopt.verify`)."""
+    metric: MetricChoice = "auto"
+    """How outputs are judged against the original (:mod:`graphopt.verify`)."""
     warnings: WarningLog = dataclasses.field(default_factory=WarningLog)
     cache_dir: Any = None
 

@@ -22,22 +22,26 @@ from typing import Any
 from graphopt.errors import InputError
 from graphopt.pass_base import GraphoptPass
 from graphopt.target import TARGET_KINDS
+from graphopt.verify import METRIC_CHOICES, MetricChoice
 
-PIPELINE_KEYS = {"passes", "target", "max_accuracy_drop"}
+PIPELINE_KEYS = {"passes", "target", "max_accuracy_drop", "metric"}
 
 
 @dataclasses.dataclass
 class Pipeline:
-    """What to run: passes in order, the target (``None`` = detect) and the accuracy budget."""
+    """What to run: passes in order, the target (``None`` = detect), the accuracy budget and the
+    metric that judges it (:mod:`graphopt.verify`)."""
 
     passes: list[GraphoptPass]
     target: str | None = None
     max_accuracy_drop: float | None = None
+    metric: MetricChoice = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "max_accuracy_drop": self.max_accuracy_drop,
+            "metric": self.metric,
             "passes": [{p.name: dataclasses.asdict(p.options)} for p in self.passes],
         }
 
@@ -57,7 +61,11 @@ class Pipeline:
         budget = data.get("max_accuracy_drop")
         if budget is not None and not isinstance(budget, int | float):
             raise InputError(f"{source}: max_accuracy_drop must be a number of percentage points")
-        return cls([make_pass(entry, source) for entry in entries], target, None if budget is None else float(budget))
+        metric = data.get("metric", "auto")
+        if metric not in METRIC_CHOICES:
+            raise InputError(f"{source}: metric must be one of {', '.join(METRIC_CHOICES)}, got {metric!r}")
+        return cls([make_pass(entry, source) for entry in entries], target,
+                   None if budget is None else float(budget), metric)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Pipeline:

@@ -50,6 +50,8 @@ class Report:
     warnings: list[str] = dataclasses.field(default_factory=list)
     quality_gate: dict[str, Any] | None = None
     eval_source: str | None = None
+    metric: str = "auto"
+    """The metric choice that judged the outputs (per-output kinds are in ``metrics_before``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,9 +9,15 @@ Metric per output (decided from the reference output and the labels):
   ``probs``, ``scores``, ``class``…): fraction of samples whose argmax equals the reference
   argmax. ``drop`` = 100 − agreement %. Shape alone cannot tell logits from embeddings
   (``(N, 384)`` sentence embeddings are rank 2 too), so without labels or such a name an output
-  is judged by cosine.
+  is judged by cosine. For an output of rank > 2 (a sequence of class scores, ``(N, T, C)``) the
+  argmax is taken over the last axis at every position: agreement = share of the ``N·T`` positions.
 * **cosine** — everything else: mean over samples of cos(ref_i, cand_i) with each sample
   flattened. ``drop`` = 100·(1 − mean cosine).
+
+The user may override the choice (``metric``, CLI ``--metric``): ``agreement`` judges every float
+output whose last axis has ≥ 2 entries by argmax agreement (per position for sequences: what a CTC
+text recogniser or a token tagger needs), ``cosine`` judges every float output by cosine, and
+``accuracy`` insists on labels. ``auto`` is the rule above.
 
 Every metric also records ``max_abs_error`` = max |ref − cand| and whether the candidate is finite.
 """
@@ -23,7 +29,11 @@ from typing import Literal
 
 import numpy as np
 
+from graphopt.errors import InputError
+
 MetricKind = Literal["accuracy", "top1-agreement", "cosine"]
+MetricChoice = Literal["auto", "accuracy", "agreement", "cosine"]
+METRIC_CHOICES: tuple[str, ...] = ("auto", "accuracy", "agreement", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +110,19 @@ def is_classifier_output(array: np.ndarray) -> bool:
     return array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f"
 
 
-def metric_kind(name: str, reference: dict[str, np.ndarray], labels: np.ndarray | None) -> MetricKind:
+def has_class_axis(array: np.ndarray) -> bool:
+    """Float output of rank ≥ 2 whose last axis has more than one entry (scores per position)."""
+    return array.ndim >= 2 and array.shape[-1] > 1 and array.dtype.kind == "f"
+
+
+def metric_kind(name: str, reference: dict[str, np.ndarray], labels: np.ndarray | None,
+                choice: MetricChoice = "auto") -> MetricKind:
+    """The metric for output ``name`` (see the module docstring)."""
     array = reference[name]
+    if choice == "cosine":
+        return "cosine"
+    if choice == "agreement":
+        return "top1-agreement" if has_class_axis(array) else "cosine"
     if not is_classifier_output(array):
         return "cosine"
     classifier_outputs = [n for n, a in reference.items() if is_classifier_output(a)]
@@ -126,8 +147,23 @@ def mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(cos.mean())
 
 
+def argmax_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of positions whose argmax over the last axis is the same in both arrays ((N, C): per
+    sample; (N, T, C): per position)."""
+    classes = reference.shape[-1]
+    return float(np.mean(reference.reshape(-1, classes).argmax(axis=1) == candidate.reshape(-1, classes).argmax(axis=1)))
+
+
+def check_metric_choice(choice: str, labels: np.ndarray | None) -> None:
+    """Refuse an unknown choice, and ``accuracy`` without labels."""
+    if choice not in METRIC_CHOICES:
+        raise InputError(f"unknown metric {choice!r}; choose one of {', '.join(METRIC_CHOICES)}")
+    if choice == "accuracy" and labels is None:
+        raise InputError("metric 'accuracy' needs labels: add a 'labels' array to the evaluation data")
+
+
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-                    labels: np.ndarray | None = None) -> Comparison:
+                    labels: np.ndarray | None = None, metric: MetricChoice = "auto") -> Comparison:
     """Compare candidate outputs with reference outputs (same names, same sample order)."""
     metrics = []
     samples = 0
@@ -147,7 +183,7 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
             diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
         max_err = float(np.nanmax(diff, initial=0.0)) if finite else float("inf")
         max_ref = float(np.max(np.abs(ref), initial=0.0))
-        kind = metric_kind(name, reference, labels)
+        kind = metric_kind(name, reference, labels, metric)
         if not finite:
             metrics.append(OutputMetric(name, kind, 0.0, 1.0, max_err, max_ref, False))
         elif kind == "accuracy":
@@ -155,8 +191,7 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
             acc = float(np.mean(cand.argmax(axis=1) == labels))
             metrics.append(OutputMetric(name, kind, acc, ref_acc, max_err, max_ref, True))
         elif kind == "top1-agreement":
-            agree = float(np.mean(ref.argmax(axis=1) == cand.argmax(axis=1)))
-            metrics.append(OutputMetric(name, kind, agree, 1.0, max_err, max_ref, True))
+            metrics.append(OutputMetric(name, kind, argmax_agreement(ref, cand), 1.0, max_err, max_ref, True))
         else:
             metrics.append(OutputMetric(name, kind, mean_cosine(ref, cand), 1.0, max_err, max_ref, True))
     return Comparison(tuple(metrics), samples)

@@ -164,7 +164,7 @@ class Int8Pass(GraphoptPass):
                        "calib_samples": calib.samples, "calib_settle": calib.settle.describe(),
                        "layers_in_float_low_sqnr": {name: round(db, 1) for name, db in low_sqnr.items()}}
         if options.fallback and context.eval is not None and context.max_accuracy_drop is not None:
-            evaluator = Evaluator(proto, context.eval)
+            evaluator = Evaluator(proto, context.eval, metric=context.metric)
             weighted = [n.name for n in proto.graph.node if n.name in set(nodes) and n.op_type in WEIGHTED_OPS]
             writes_outputs = [op for op in scheme.op_types if op not in scheme.outputs_not_quantized
                               and op not in FLOAT_OUTPUT_OK]

@@ -45,7 +45,7 @@ from graphopt.passes.int8_scheme import (
     graph_links,
     keep_int8_flow,
 )
-from graphopt.verify import Comparison, compare_outputs
+from graphopt.verify import Comparison, MetricChoice, compare_outputs
 
 Quantize = Callable[[Sequence[str]], onnx.ModelProto]
 """Builds the QDQ model quantizing exactly the given layer names."""
@@ -88,8 +88,9 @@ class Evaluator:
     """
 
     def __init__(self, reference_model: onnx.ModelProto, data: DataSet, batch_size: int = 32,
-                 probe_samples: int = PROBE_SAMPLES) -> None:
+                 probe_samples: int = PROBE_SAMPLES, metric: MetricChoice = "auto") -> None:
         self.data = data
+        self.metric = metric
         self.batch = data.batch_size_for(input_specs(ir.from_proto(reference_model)), batch_size)
         self.reference = ort_engine.build(reference_model).run_batches(data.batches(self.batch))
         self.probe_data = data.take(min(probe_samples, len(data)))
@@ -98,11 +99,11 @@ class Evaluator:
 
     def compare(self, model: onnx.ModelProto) -> Comparison:
         outputs = ort_engine.build(model).run_batches(self.data.batches(self.batch))
-        return compare_outputs(self.reference, outputs, self.data.labels)
+        return compare_outputs(self.reference, outputs, self.data.labels, self.metric)
 
     def probe(self, model: onnx.ModelProto) -> Comparison:
         outputs = ort_engine.build(model).run_batches(self.probe_data.batches(self.batch))
-        return compare_outputs(self.probe_reference, outputs, self.probe_data.labels)
+        return compare_outputs(self.probe_reference, outputs, self.probe_data.labels, self.metric)
 
 
 def batch1_latency_ms(model: onnx.ModelProto, data: DataSet, *, threads: int = 2, runs: int = 10) -> float:

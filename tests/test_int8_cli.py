@@ -119,3 +119,21 @@ def test_budget_missed_exits_1_and_keep_best_writes(tmp_path):
     result = CliRunner().invoke(main, ["optimize", str(model), "-o", str(out), "--config", str(config), "--no-cache",
                                        "--target", "cpu", "--eval-data", str(eval_path), "--max-accuracy-drop", "0"])
     assert result.exit_code == 1 and "no output written" in result.output and not out.exists()
+
+
+def test_metric_flag_judges_the_budget_and_needs_labels_for_accuracy(tmp_path):
+    """``y`` (N, 4) has no class-score name and no labels: auto judges it by cosine, ``--metric agreement``
+    by top-1 agreement, and that is what the report and the fallback's budget then use."""
+    import json
+
+    model, out, report = _mlp(tmp_path), tmp_path / "out.onnx", tmp_path / "r.json"
+    eval_path = _npz(tmp_path, "eval.npz")
+    result = _invoke(model, "-o", out, "--int8", "--calib-data", _npz(tmp_path), "--eval-data", eval_path,
+                     "--metric", "agreement", "--max-accuracy-drop", "50", "--report", report)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["metric"] == "agreement" and data["metrics_before"]["y"]["kind"] == "top1-agreement"
+    result = _invoke(model, "-o", out, "--int8", "--calib-data", _npz(tmp_path), "--eval-data", eval_path,
+                     "--metric", "accuracy")
+    assert result.exit_code == 2 and "needs labels" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: metric 'accuracy' needs labels")

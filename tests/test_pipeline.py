@@ -31,9 +31,12 @@ def test_option_types_are_checked():
 
 
 def test_pipeline_round_trips_through_dict():
-    pipeline = Pipeline([SimplifyPass(SimplifyOptions(use_onnxsim=False))], "cpu", 0.5)
+    pipeline = Pipeline([SimplifyPass(SimplifyOptions(use_onnxsim=False))], "cpu", 0.5, "agreement")
     again = Pipeline.from_dict(pipeline.to_dict())
     assert again.passes == pipeline.passes and again.target == "cpu" and again.max_accuracy_drop == 0.5
+    assert again.metric == "agreement"
+    with pytest.raises(InputError, match="metric must be one of"):
+        Pipeline.from_dict({"passes": ["simplify"], "metric": "f1"})
 
 
 @pytest.mark.parametrize("suffix, text", [

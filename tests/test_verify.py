@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphopt.verify import compare_outputs, mean_cosine
+from graphopt.errors import InputError
+from graphopt.verify import check_metric_choice, compare_outputs, mean_cosine
 
 
 def test_accuracy_with_labels():
@@ -56,3 +57,42 @@ def test_non_finite_candidate_is_a_full_drop():
 def test_identical_outputs_are_close():
     ref = np.random.default_rng(1).standard_normal((4, 10)).astype(np.float32)
     assert compare_outputs({"y": ref}, {"y": ref + 1e-7}).numerically_close()
+
+
+def _sequence_scores():
+    """(2, 3, 4) class scores per position; the candidate flips one of the six positions."""
+    ref = np.zeros((2, 3, 4), np.float32)
+    for n, t, c in [(0, 0, 1), (0, 1, 0), (0, 2, 3), (1, 0, 2), (1, 1, 2), (1, 2, 0)]:
+        ref[n, t, c] = 1.0
+    cand = ref.copy()
+    cand[1, 1] = [0, 0, 0.4, 0.6]
+    return ref, cand
+
+
+def test_sequence_outputs_auto_judged_by_cosine_and_per_position_agreement_on_request():
+    ref, cand = _sequence_scores()
+    auto = compare_outputs({"out": ref}, {"out": cand}).metrics[0]
+    assert auto.kind == "cosine"
+    agreement = compare_outputs({"out": ref}, {"out": cand}, metric="agreement").metrics[0]
+    assert agreement.kind == "top1-agreement" and agreement.value == pytest.approx(5 / 6)
+    assert agreement.drop_points == pytest.approx(100 / 6)
+
+
+def test_agreement_choice_keeps_cosine_for_outputs_without_a_class_axis():
+    ref = np.ones((4, 1), np.float32)
+    metric = compare_outputs({"score": ref}, {"score": ref * 2}, metric="agreement").metrics[0]
+    assert metric.kind == "cosine"
+
+
+def test_cosine_choice_overrides_labels():
+    ref = np.eye(4, dtype=np.float32)
+    metric = compare_outputs({"logits": ref}, {"logits": ref}, np.arange(4), metric="cosine").metrics[0]
+    assert metric.kind == "cosine" and metric.value == pytest.approx(1.0)
+
+
+def test_metric_choice_checks():
+    check_metric_choice("agreement", None)
+    with pytest.raises(InputError, match="needs labels"):
+        check_metric_choice("accuracy", None)
+    with pytest.raises(InputError, match="unknown metric 'f1'"):
+        check_metric_choice("f1", np.arange(3))
