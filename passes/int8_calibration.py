@@ -1,9 +1,9 @@
 """Streaming int8 calibration: MinMax, Entropy (KL) and Percentile in bounded memory.
 
-The model runs **once per batch** with every tensor of interest added as a graph output
-(:func:`graphopt.calibration.stream_tensors`); each tensor's batch is folded into a fixed-size
-state and then dropped, so peak memory is one batch's activations plus a few KB per tensor,
-whatever the number of samples.
+The model runs **once per batch**, augmented to output each tensor's min, max and strided sample
+(:func:`graphopt.calibration.stream_summaries`); each tensor's batch is folded into a fixed-size
+state and then dropped, so peak memory is one batch's activations (freed as the model runs) plus a
+few KB per tensor, whatever the number of samples.
 
 State per tensor (:class:`TensorHistogram`):
 
@@ -15,12 +15,16 @@ State per tensor (:class:`TensorHistogram`):
   histogram of the concatenated data, and two histograms built on different batches merge exactly.
 
 Histogram sampling: min/max see every value, but the histogram of a large tensor takes every
-``k``-th value of each *sample* (``k = ceil(values per sample / HISTOGRAM_VALUES_PER_SAMPLE)``,
-fixed per tensor from its first batch). The stride runs within a sample, never across the batch
-axis, so the sampled values — and the histogram — do not depend on how samples are batched, and
-the streamed result still equals the one-shot one. Counting every value of a 224×224 CNN's
-activations costs as much as running the model; 2**15 values per sample and tensor keep a
-99.999 % percentile resolved by ~170 values at 512 samples.
+``k``-th value of each *sample*, ``k = ceil(M / V)`` for ``M`` values per sample and ``V`` wanted
+(computed inside the model by the summary nodes, or fixed per tensor from its first batch when
+:meth:`TensorHistogram.update` gets whole arrays). The stride runs within a sample, never across
+the batch axis, so the sampled values — and the histogram — do not depend on how samples are
+batched, and the streamed result still equals the one-shot one. ``V`` is fixed before the first
+batch from the number of samples ``n`` (:func:`histogram_values_per_sample`): about
+``HISTOGRAM_VALUES = 2**22`` values per tensor over the whole set, ``V = ceil(2**22 / n)`` kept
+within ``[2**12, 2**15]``, so a 99.999 % percentile is resolved by ≥ 20 values (~42 from 128
+samples on) while the work stops growing with ``n``. Counting every value of a 224×224 CNN's
+activations costs as much as running the model.
 
 Thresholds from the histogram (``t`` clips ``|x|``; the range is ``[max(min, -t), min(max, t)]``):
 
@@ -39,14 +43,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphopt.calibration import stream_tensors
+from graphopt.calibration import TensorSummary, stream_summaries
 from graphopt.data import DataSet, input_specs
 
 CalibMethod = Literal["minmax", "entropy", "percentile"]
@@ -62,8 +66,19 @@ SETTLE_FRACTION = 0.25
 UNSETTLED_MOVE = 0.10
 """Warn when some tensor's range moved by more than this fraction over the last 25 % of samples."""
 MIN_SAMPLES = 32
+HISTOGRAM_VALUES = 2**22
+"""Values per tensor the histograms aim at over the whole calibration set (see "Histogram sampling")."""
 HISTOGRAM_VALUES_PER_SAMPLE = 2**15
-"""Values of one sample that go into a tensor's histogram (see "Histogram sampling")."""
+"""Most values of one sample that go into a tensor's histogram."""
+MIN_HISTOGRAM_VALUES_PER_SAMPLE = 2**12
+"""Fewest values of one sample that go into a tensor's histogram."""
+
+
+def histogram_values_per_sample(samples: int) -> int:
+    """``V`` for ``samples`` calibration samples: ``ceil(HISTOGRAM_VALUES / samples)`` within
+    ``[MIN_HISTOGRAM_VALUES_PER_SAMPLE, HISTOGRAM_VALUES_PER_SAMPLE]``."""
+    wanted = -(-HISTOGRAM_VALUES // max(samples, 1))
+    return int(min(HISTOGRAM_VALUES_PER_SAMPLE, max(MIN_HISTOGRAM_VALUES_PER_SAMPLE, wanted)))
 
 
 @dataclasses.dataclass
@@ -81,6 +96,8 @@ class TensorHistogram:
     collect_histogram: bool = True
     stride: int | None = None
     """Every ``stride``-th value of each sample feeds the histogram; fixed by the first batch."""
+    values_per_sample: int = HISTOGRAM_VALUES_PER_SAMPLE
+    """``V`` (see "Histogram sampling"): ``stride = ceil(values per sample / V)``."""
 
     @property
     def width(self) -> float:
@@ -93,14 +110,27 @@ class TensorHistogram:
         values = np.asarray(array)
         if values.dtype != np.float32:
             values = values.astype(np.float32)
-        low, high = float(values.min()), float(values.max())
+        sampled = None
+        if self.collect_histogram:
+            per_sample = values.reshape(len(values), -1) if values.ndim > 1 else values.reshape(1, -1)
+            if self.stride is None:
+                self.stride = max(1, -(-per_sample.shape[1] // self.values_per_sample))
+            sampled = per_sample[:, :: self.stride]
+        self._fold_in(float(values.min()), float(values.max()), sampled)
+
+    def update_summary(self, summary: TensorSummary) -> None:
+        """Fold in one batch summarised inside the model (the same values :meth:`update` would take)."""
+        sampled = summary.sampled
+        if self.collect_histogram and sampled is None:
+            raise ValueError("a histogram needs the summary's sampled values")
+        if sampled is not None and sampled.dtype != np.float32:
+            sampled = sampled.astype(np.float32)
+        self._fold_in(summary.min, summary.max, sampled if self.collect_histogram else None)
+
+    def _fold_in(self, low: float, high: float, sampled: np.ndarray | None) -> None:
         self.min, self.max = min(self.min, low), max(self.max, high)
-        if not self.collect_histogram:
+        if sampled is None:
             return
-        per_sample = values.reshape(len(values), -1) if values.ndim > 1 else values.reshape(1, -1)
-        if self.stride is None:
-            self.stride = max(1, -(-per_sample.shape[1] // HISTOGRAM_VALUES_PER_SAMPLE))
-        sampled = per_sample[:, :: self.stride]
         peak = max(-low, high)
         if peak == 0.0:
             if self.counts is None:
@@ -304,23 +334,29 @@ class RangeCollector:
     """Streaming state of every observed tensor; ``update`` folds one batch in."""
 
     def __init__(self, method: CalibMethod, bins: int = DEFAULT_BINS, percentile: float = 99.999,
-                 histograms: bool | None = None) -> None:
+                 histograms: bool | None = None, values_per_sample: int = HISTOGRAM_VALUES_PER_SAMPLE) -> None:
         if method not in CALIB_METHODS:
             raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIB_METHODS)}")
         self.method = method
         self.bins = bins
         self.percentile = percentile
         self.histograms = method != "minmax" if histograms is None else histograms
+        self.values_per_sample = values_per_sample
         self.states: dict[str, TensorHistogram] = {}
 
-    def update(self, batch: dict[str, np.ndarray]) -> None:
+    def update(self, batch: Mapping[str, np.ndarray | TensorSummary]) -> None:
         for name, value in batch.items():
-            if value.dtype.kind != "f":
+            summary = isinstance(value, TensorSummary)
+            if not summary and value.dtype.kind != "f":
                 continue
             state = self.states.get(name)
             if state is None:
-                state = self.states[name] = TensorHistogram(self.bins, collect_histogram=self.histograms)
-            state.update(value)
+                state = self.states[name] = TensorHistogram(self.bins, collect_histogram=self.histograms,
+                                                            values_per_sample=self.values_per_sample)
+            if summary:
+                state.update_summary(value)
+            else:
+                state.update(value)
 
     def merge(self, other: RangeCollector) -> None:
         for name, state in other.states.items():
@@ -371,22 +407,23 @@ def calibrate(model: ir.Model | onnx.ModelProto, data: DataSet, tensor_names: Se
 
     ``histograms`` (default: every method but minmax) also gives each tensor's 8-bit SQNR at its
     range (``symmetric`` or asymmetric quantization)."""
-    collector = RangeCollector(method, bins, percentile, histograms)
     total = len(data)
+    collector = RangeCollector(method, bins, percentile, histograms, histogram_values_per_sample(total))
     graph_model = model if isinstance(model, ir.Model) else ir.from_proto(model)
     per_batch = data.batch_size_for(input_specs(graph_model), batch_size)
     seen = 0
     snapshot: list[RangeCollector] = []
 
-    def consume(batch: dict[str, np.ndarray]) -> None:
+    def consume(batch: dict[str, np.ndarray | TensorSummary]) -> None:
         nonlocal seen
         if not snapshot and seen >= (1.0 - SETTLE_FRACTION) * total and seen > 0:
             snapshot.append(collector.snapshot())
         collector.update(batch)
         seen = min(seen + per_batch, total)
 
-    batches = stream_tensors(model, data, list(tensor_names), consume, batch_size=batch_size,
-                             description=f"calibrating ({method})")
+    batches = stream_summaries(model, data, list(tensor_names), consume, batch_size=batch_size,
+                               values_per_sample=collector.values_per_sample if collector.histograms else None,
+                               description=f"calibrating ({method})")
     final = collector.ranges()
     settle = settle_report(snapshot[0].ranges(), final) if snapshot else SettleReport(False)
     return CalibrationResult(final, method, total, batches, settle, collector.sqnr_db(final, symmetric=symmetric))

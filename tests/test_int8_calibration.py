@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.data import DataSet
 from graphopt.passes.int8_calibration import (
+    HISTOGRAM_VALUES_PER_SAMPLE,
     RangeCollector,
     TensorHistogram,
     calibrate,
@@ -117,3 +118,38 @@ def test_settle_report_flags_a_range_that_keeps_growing():
     steady = calibrate(model, DataSet({"x": np.tile(x[:8], (8, 1, 1)).reshape(-1, 6)}), ["x", "h"], "minmax",
                        batch_size=8)
     assert steady.settle.settled and steady.settle.max_move == 0.0
+
+
+def test_summaries_computed_in_the_model_equal_the_whole_arrays():
+    """min / max / strided sample computed by the added graph nodes fold into exactly the state the
+    whole activations give (stride 2: 38 400 values per sample > 2**15), whatever the batching."""
+    from graphopt.calibration import stream_summaries, stream_tensors
+
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 200])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 64, 200])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = DataSet({"x": (RNG.standard_normal((10, 3, 64, 200)) * np.geomspace(0.1, 10, 10)[:, None, None, None])
+                    .astype(np.float32)})
+    whole, summarised = RangeCollector("percentile"), RangeCollector("percentile")
+    stream_tensors(model, data, ["x", "c", "y"], whole.update, batch_size=10)
+    stream_summaries(model, data, ["x", "c", "y"], summarised.update, batch_size=3,
+                     values_per_sample=HISTOGRAM_VALUES_PER_SAMPLE)
+    for name in ("x", "c", "y"):
+        a, b = whole.states[name], summarised.states[name]
+        assert (a.min, a.max, a.exponent) == (b.min, b.max, b.exponent)
+        np.testing.assert_array_equal(a.counts, b.counts)
+    assert whole.states["c"].stride == 2 and whole.states["c"].counts.sum() == 10 * 4 * 64 * 100
+
+
+def test_histogram_budget_per_sample_shrinks_with_more_samples_within_bounds():
+    from graphopt.passes.int8_calibration import histogram_values_per_sample
+
+    assert histogram_values_per_sample(64) == 2**15  # 2**22 / 64 = 2**16, capped
+    assert histogram_values_per_sample(512) == 2**13
+    assert histogram_values_per_sample(10**6) == 2**12
+    assert histogram_values_per_sample(512) * 512 >= 2**22  # the tail of 99.999 % still holds ≥ 40 values

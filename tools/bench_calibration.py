@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/bench_calibration.py memory  [--model resnet18-224] [--samples 512]
+    python tools/bench_calibration.py memory  [--model resnet18-224] [--samples 512] [--rounds 3]
     python tools/bench_calibration.py latency [--model resnet18-224] [--runs 30]
 
 ``memory``: each calibrator runs in its own subprocess on the same ``N`` samples (the model's calib
@@ -108,25 +108,37 @@ def calib_child(model_path: str, calib_path: str, method: str, samples: int) -> 
 
 
 def run_memory(args) -> None:
+    """``--rounds`` rounds; each runs every method once (order rotated per round), and each method's
+    time is divided by ORT MinMax's time *of the same round*; the table shows medians over rounds
+    (this VM's speed drifts by ±20 % between minutes, far more than within one round)."""
     model, calib, _ = _paths(args.model)
-    rows = []
-    for method in args.methods.split(","):
-        command = [sys.executable, __file__, "_calib", str(model), str(calib), method, str(args.samples)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-        if done.returncode != 0:
-            rows.append({"method": method, "error": (done.stderr.strip().splitlines() or ["?"])[-1][:200]})
-        else:
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
-    base = next((r for r in rows if r.get("method") == "ort-minmax" and "seconds" in r), None)
-    print(f"\n{args.model}, {args.samples} samples, batch {CALIB_BATCH}")
-    print(f"{'method':<22}{'time s':>9}{'× ORT MinMax':>14}{'peak RSS MB':>13}")
-    for r in rows:
-        if "seconds" not in r:
-            print(f"{r['method']:<22}  failed: {r['error']}")
+    methods = args.methods.split(",")
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for round_index in range(args.rounds):
+        shift = round_index % len(methods)
+        for method in methods[shift:] + methods[:shift]:
+            command = [sys.executable, __file__, "_calib", str(model), str(calib), method, str(args.samples)]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+            if done.returncode != 0:
+                row = {"method": method, "round": round_index,
+                       "error": (done.stderr.strip().splitlines() or ["?"])[-1][:200]}
+            else:
+                row = {**json.loads(done.stdout.strip().splitlines()[-1]), "round": round_index}
+            runs[method].append(row)
+            print(json.dumps(row), flush=True)
+    base = {r["round"]: r["seconds"] for r in runs.get("ort-minmax", []) if "seconds" in r}
+    print(f"\n{args.model}, {args.samples} samples, batch {CALIB_BATCH}, median of {args.rounds} round(s)")
+    print(f"{'method':<22}{'time s':>9}{'× ORT MinMax':>14}{'(per round)':>22}{'peak RSS MB':>13}")
+    for method in methods:
+        good = [r for r in runs[method] if "seconds" in r]
+        if not good:
+            print(f"{method:<22}  failed: {runs[method][-1]['error']}")
             continue
-        ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "-"
-        print(f"{r['method']:<22}{r['seconds']:>9.1f}{ratio:>14}{r['peak_rss_mb']:>13.0f}")
+        ratios = [r["seconds"] / base[r["round"]] for r in good if r["round"] in base]
+        median_ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
+        per_round = " ".join(f"{x:.2f}" for x in ratios)
+        print(f"{method:<22}{statistics.median(r['seconds'] for r in good):>9.1f}{median_ratio:>14}{per_round:>22}"
+              f"{max(r['peak_rss_mb'] for r in good):>13.0f}")
 
 
 # -- latency ------------------------------------------------------------------------------------
@@ -239,6 +251,7 @@ def main() -> None:
     mem.add_argument("--samples", type=int, default=512)
     mem.add_argument("--methods", default="ort-minmax,graphopt-minmax,graphopt-entropy,graphopt-percentile")
     mem.add_argument("--timeout", type=int, default=1800)
+    mem.add_argument("--rounds", type=int, default=3, help="rounds of every method; the table shows medians")
     lat = sub.add_parser("latency")
     lat.add_argument("--model", default="resnet18-224")
     lat.add_argument("--runs", type=int, default=30)
