@@ -24,7 +24,9 @@ Scheme per target:
 
 Add nodes with a constant input (bias adds) are never quantized: only residual Adds, whose two
 inputs are both activations. Flow ops and residual Adds are quantized only when a quantized
-weighted op reads their int8 output (:func:`keep_int8_flow`).
+weighted op reads their int8 output (:func:`keep_int8_flow`). Embedding lookups (a ``Gather`` on a
+constant table of at least :data:`EMBEDDING_MIN_BYTES`, ``cpu`` scheme) are quantized whatever reads
+them: the table is stored in 8 bits and onnxruntime gathers the 8-bit rows and dequantizes only those.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ CPU_FLOW_OPS = ("Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "
                 "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Gather")
 """Ops quantized on CPU besides the weighted ones so int8 tensors flow between convs (ORT has
 int8 kernels or drops the Q/DQ pair around them)."""
+EMBEDDING_MIN_BYTES = 1 << 20
+"""A constant ``Gather`` table at least this big is stored in int8 even when only float ops read the
+lookup (:func:`keep_int8_flow`). A lookup of an 8-bit table adds only the table's own rounding;
+measured on MiniLM-L6: the 30522×384 word-embedding table in 8 bits takes the file from 64 to 29 MB
+(0.71 → 0.32 of fp32) for a mean cosine 0.99254 → 0.99215, no slower. Smaller tables (its position
+and token-type embeddings, 0.8 MB and 3 KB) save nothing worth their rounding (0.99119 with them)."""
 QUANTIZED_DOMAINS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
                      "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 
@@ -145,6 +153,18 @@ def quantizable_nodes(model: onnx.ModelProto, scheme: Int8Scheme, exclude_nodes:
     return keep_int8_flow(model, chosen)
 
 
+def embedding_lookups(model: onnx.ModelProto) -> set[str]:
+    """Names of ``Gather`` nodes on a constant float table of at least :data:`EMBEDDING_MIN_BYTES`."""
+    tables = {init.name: init for init in model.graph.initializer}
+    found = set()
+    for node in model.graph.node:
+        table = tables.get(node.input[0]) if node.op_type == "Gather" and node.input else None
+        if table is not None and table.data_type == onnx.TensorProto.FLOAT and \
+                4 * int(np.prod(table.dims, dtype=np.int64)) >= EMBEDDING_MIN_BYTES:
+            found.add(node.name)
+    return found
+
+
 def keep_int8_flow(model: onnx.ModelProto, chosen: list[str]) -> list[str]:
     """``chosen`` without the flow ops and residual Adds whose int8 output no quantized op reads.
 
@@ -152,7 +172,8 @@ def keep_int8_flow(model: onnx.ModelProto, chosen: list[str]) -> list[str]:
     int8 tensors flow *through* it into a quantized weighted op (directly or via other kept flow
     ops): then onnxruntime runs the chain in int8 and drops the Q/DQ pairs between. When every
     reader is a float op (LayerNorm, Softmax, a bias Add, a graph output), its Q/DQ pairs only add
-    rounding — and force the Q/DQ on the producer's output to stay. Measured on MiniLM-L6: the
+    rounding — and force the Q/DQ on the producer's output to stay. Embedding lookups
+    (:func:`embedding_lookups`) are kept like weighted ops: they store a table. Measured on MiniLM-L6: the
     Reshape after the FFN output Gemm carries BERT's outlier channels (range up to ~200) and
     quantizing it alone drops the mean cosine from 0.981 to 0.901; the residual Adds (read by
     LayerNorm) and the attention-mask Add (range down to −3.4e38, read by Softmax) are the same
@@ -160,6 +181,7 @@ def keep_int8_flow(model: onnx.ModelProto, chosen: list[str]) -> list[str]:
     """
     selected = set(chosen)
     weighted = {n.name for n in model.graph.node if n.name in selected and n.op_type in WEIGHTED_OPS}
+    weighted |= embedding_lookups(model) & selected
     readers = {name: [n.name for n in nodes] for name, nodes in graph_links(model.graph)[1].items()}
     kept = set(weighted)
     for node in reversed(model.graph.node):

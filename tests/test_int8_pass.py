@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -200,3 +201,30 @@ def test_trt_target_writes_symmetric_int8_qdq_on_weighted_inputs_only():
     relu = next(n for n in proto.graph.node if n.name == "relu1")
     assert producers[relu.input[0]] == "Conv"  # no Q/DQ on Conv outputs
     assert result.report.rows[-1].stats["trt_check"] == "ok"
+
+
+def test_large_embedding_table_stored_in_8_bits_small_one_stays_float():
+    """A Gather on a ≥ 1 MiB constant table read only by float ops (Add → LayerNorm) is quantized
+    (8-bit table, onnxruntime gathers 8-bit rows); a small table is left in float."""
+    nodes = [
+        helper.make_node("Gather", ["big", "ids"], ["e"], name="word_emb"),
+        helper.make_node("Gather", ["small", "ids"], ["p"], name="pos_emb"),
+        helper.make_node("Add", ["e", "p"], ["s"], name="sum"),
+        helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["n"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["n", "w"], ["y"], name="proj"),
+    ]
+    inits = [_w("big", 1024, 300, scale=0.05), _w("small", 64, 300, scale=0.05),
+             numpy_helper.from_array(np.ones(300, np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(300, np.float32), "beta"), _w("w", 300, 16, scale=0.1)]
+    model = _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 12])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12, 16])], inits)
+    ids = RNG.integers(0, 64, (48, 12)).astype(np.int64)
+    quantized = ir.to_proto(_optimize(model, DataSet({"ids": ids[:40]})).model)
+    tables = {i.name: i.data_type for i in quantized.graph.initializer}
+    assert "big" not in tables and tables.get("small") == TensorProto.FLOAT
+    producers = {o: n for n in quantized.graph.node for o in n.output}
+    lookup = next(n for n in quantized.graph.node if n.name == "word_emb")
+    table_dq = producers[lookup.input[0]]
+    assert table_dq.op_type == "DequantizeLinear" and tables[table_dq.input[0]] in (TensorProto.UINT8, TensorProto.INT8)
+    reference = _run(model, {"ids": ids[40:]})["y"]
+    assert mean_cosine(reference, _run(quantized, {"ids": ids[40:]})["y"]) > 0.999
