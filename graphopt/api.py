@@ -10,6 +10,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
@@ -34,6 +35,10 @@ from graphopt.target import Target, make_target
 from graphopt.verify import MetricChoice, check_metric_choice
 from graphopt.versions import library_versions
 
+if TYPE_CHECKING:
+    from graphopt.passes.fp16 import Fp16Options
+    from graphopt.passes.int8 import Int8Options
+
 DataLike = str | os.PathLike | DataSet
 
 
@@ -57,6 +62,9 @@ def optimize(
     *,
     passes: list[GraphoptPass] | None = None,
     pipeline: Pipeline | None = None,
+    int8: Int8Options | bool | None = None,
+    fp16: Fp16Options | bool | None = None,
+    calib: DataLike | None = None,
     calib_data: DataLike | None = None,
     eval_data: DataLike | None = None,
     target: str | Target | None = None,
@@ -68,7 +76,10 @@ def optimize(
 ) -> OptimizeResult:
     """Optimize ``model`` and return the new model with its report.
 
-    ``passes`` (or a ``pipeline``) say what to run; by default only ``simplify``. ``output`` is
+    ``passes`` (or a ``pipeline``) say what to run; by default only ``simplify``. The shortcuts
+    ``int8=Int8Options(...)`` / ``fp16=Fp16Options(...)`` (or ``True`` for the defaults) run
+    ``simplify`` then those passes, as the CLI's ``--int8`` / ``--fp16`` flags do. ``calib`` is
+    ``calib_data`` by its short name. ``output`` is
     written atomically (never over the input) unless the accuracy budget is missed — then only with
     ``keep_best`` (or a pass whose options set ``keep_best``), and ``passed`` stays False. Raises
     :class:`~graphopt.errors.GraphoptError` subclasses for bad input.
@@ -78,12 +89,17 @@ def optimize(
     output_path = Path(output) if output is not None else None
     if output_path is not None:
         check_output_path(output_path, input_path)
+    if calib is not None:
+        if calib_data is not None:
+            raise InputError("give calib or calib_data, not both")
+        calib_data = calib
+    shortcuts = shortcut_passes(int8, fp16)
+    if sum(x is not None for x in (passes, pipeline, shortcuts)) > 1:
+        raise InputError("give one of passes, pipeline or the int8=/fp16= shortcuts")
     if pipeline is None:
         from graphopt.passes.simplify import SimplifyPass
 
-        pipeline = Pipeline(passes if passes is not None else [SimplifyPass()], None, None)
-    elif passes is not None:
-        raise InputError("give either passes or a pipeline, not both")
+        pipeline = Pipeline(passes if passes is not None else shortcuts or [SimplifyPass()], None, None)
     budget = max_accuracy_drop if max_accuracy_drop is not None else pipeline.max_accuracy_drop
     chosen_metric = metric if metric is not None else pipeline.metric
     if budget is not None and budget < 0:
@@ -144,6 +160,26 @@ def optimize(
         metric=chosen_metric,
     )
     return OptimizeResult(result.model, report, written, passed)
+
+
+def shortcut_passes(int8: Int8Options | bool | None, fp16: Fp16Options | bool | None) -> list[GraphoptPass] | None:
+    """``[simplify, int8?, fp16?]`` for the ``int8=`` / ``fp16=`` shortcuts (options object or ``True``),
+    ``None`` when neither is given."""
+    if int8 in (None, False) and fp16 in (None, False):
+        return None
+    from graphopt.passes.fp16 import Fp16Options, Fp16Pass
+    from graphopt.passes.int8 import Int8Options, Int8Pass
+    from graphopt.passes.simplify import SimplifyPass
+
+    built: list[GraphoptPass] = [SimplifyPass()]
+    for value, pass_type, options_type, name in ((int8, Int8Pass, Int8Options, "int8"),
+                                                 (fp16, Fp16Pass, Fp16Options, "fp16")):
+        if value in (None, False):
+            continue
+        if value is not True and not isinstance(value, options_type):
+            raise InputError(f"{name}= takes {options_type.__name__}(...) or True, got {type(value).__name__}")
+        built.append(pass_type(None if value is True else value))
+    return built
 
 
 def _data(data: DataLike | None, role: str, specs) -> DataSet | None:

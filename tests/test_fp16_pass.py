@@ -269,3 +269,10 @@ def test_fp16_weights_take_two_bytes_each_on_disk(tmp_path):
     holder = helper.make_model(helper.make_graph([], "h", [], [], [as_int32]))
     assert pack_16bit_initializers(holder) == 1
     np.testing.assert_array_equal(numpy_helper.to_array(holder.graph.initializer[0]), weight.astype(np.float16))
+
+
+def test_fp16_shortcut_of_optimize_converts_like_the_pass():
+    proto = mlp_model()
+    result = graphopt.optimize(proto, fp16=Fp16Options(precision="bf16"), target="cuda", cache=False)
+    assert [row.name for row in result.report.rows] == ["simplify", "fp16"]
+    assert {i.data_type for i in ir.to_proto(result.model).graph.initializer} == {TensorProto.BFLOAT16}

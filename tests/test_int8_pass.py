@@ -228,3 +228,23 @@ def test_large_embedding_table_stored_in_8_bits_small_one_stays_float():
     assert table_dq.op_type == "DequantizeLinear" and tables[table_dq.input[0]] in (TensorProto.UINT8, TensorProto.INT8)
     reference = _run(model, {"ids": ids[40:]})["y"]
     assert mean_cosine(reference, _run(quantized, {"ids": ids[40:]})["y"]) > 0.999
+
+
+def test_int8_shortcut_builds_the_same_model_as_the_pass_list(tmp_path):
+    """``optimize(model, int8=Int8Options(...), calib=..., target=...)`` (the issue's API form) runs
+    simplify then int8, exactly as ``passes=[SimplifyPass(), Int8Pass(...)]`` and the ``--int8`` flag do."""
+    from graphopt.errors import InputError
+    from graphopt.model_io import file_hash
+    from graphopt.passes.simplify import SimplifyPass
+
+    model = conv_residual_gemm()
+    calib = DataSet({"x": RNG.standard_normal((40, 3, 8, 8)).astype(np.float32)})
+    short, explicit = tmp_path / "short.onnx", tmp_path / "explicit.onnx"
+    graphopt.optimize(model, short, int8=Int8Options(calib_method="minmax"), calib=calib, target="cpu", cache=False)
+    graphopt.optimize(model, explicit, passes=[SimplifyPass(), Int8Pass(Int8Options(calib_method="minmax"))],
+                      calib_data=calib, target="cpu", cache=False)
+    assert file_hash(short) == file_hash(explicit)
+    with pytest.raises(InputError, match="one of passes, pipeline or the int8=/fp16= shortcuts"):
+        graphopt.optimize(model, int8=True, passes=[SimplifyPass()], calib=calib, target="cpu")
+    with pytest.raises(InputError, match="int8= takes Int8Options"):
+        graphopt.optimize(model, int8={"calib_method": "minmax"}, calib=calib, target="cpu")
