@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from graphopt import verify
 from graphopt.inspection import op_histogram
 from graphopt.verify import compare_outputs, mean_cosine
 
@@ -81,10 +82,7 @@ def argmax_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
         raise ValueError(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     if reference.ndim == 0 or reference.shape[-1] < 2:
         raise ValueError(f"argmax agreement needs a last axis with ≥ 2 classes, got shape {reference.shape}")
-    classes = reference.shape[-1]
-    ref = reference.reshape(-1, classes).argmax(axis=1)
-    cand = candidate.reshape(-1, classes).argmax(axis=1)
-    return float(np.mean(ref == cand))
+    return verify.argmax_agreement(reference, candidate)
 
 
 @dataclasses.dataclass(frozen=True)
