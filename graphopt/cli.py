@@ -80,7 +80,8 @@ def _with_pass_flags(command):
 @click.option("--max-accuracy-drop", type=float, metavar="PCT", help="Largest allowed quality drop, percentage points.")
 @click.option("--metric", type=click.Choice(METRIC_CHOICES),
               help="How outputs are judged: accuracy (labels), agreement (argmax over the last axis, per position "
-                   "for sequences), cosine [default: auto, from labels and output names].")
+                   "for sequences), cosine, ctc (text a CTC recogniser decodes, blank 0) "
+                   "[default: auto, from labels and output names].")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout instead of the table.")
 @click.option("--config", type=click.Path(path_type=Path), help="Pipeline file (YAML or JSON) listing passes and options.")

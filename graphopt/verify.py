@@ -15,9 +15,14 @@ Metric per output (decided from the reference output and the labels):
   flattened. ``drop`` = 100·(1 − mean cosine).
 
 The user may override the choice (``metric``, CLI ``--metric``): ``agreement`` judges every float
-output whose last axis has ≥ 2 entries by argmax agreement (per position for sequences: what a CTC
-text recogniser or a token tagger needs), ``cosine`` judges every float output by cosine, and
-``accuracy`` insists on labels. ``auto`` is the rule above.
+output whose last axis has ≥ 2 entries by argmax agreement (per position for sequences: a token
+tagger), ``cosine`` judges every float output by cosine, and ``accuracy`` insists on labels.
+``ctc`` judges sequence outputs ``(N, T, C)`` of a CTC recogniser by the text they decode to
+(**ctc-text**): greedy decoding — argmax per position, repeats collapsed, blank class 0 removed (the
+convention of PaddleOCR, torch's ``CTCLoss`` and most CRNNs) — and the share of samples whose decoded
+sequence equals the reference's; ``drop`` = 100 − that share %. A per-position flip that only moves a
+character by one step (``a _`` → ``_ a``) decodes to the same text and costs nothing here.
+``auto`` is the rule above.
 
 Every metric also records ``max_abs_error`` = max |ref − cand| and whether the candidate is finite.
 """
@@ -31,9 +36,10 @@ import numpy as np
 
 from graphopt.errors import InputError
 
-MetricKind = Literal["accuracy", "top1-agreement", "cosine"]
-MetricChoice = Literal["auto", "accuracy", "agreement", "cosine"]
-METRIC_CHOICES: tuple[str, ...] = ("auto", "accuracy", "agreement", "cosine")
+MetricKind = Literal["accuracy", "top1-agreement", "cosine", "ctc-text"]
+MetricChoice = Literal["auto", "accuracy", "agreement", "cosine", "ctc"]
+METRIC_CHOICES: tuple[str, ...] = ("auto", "accuracy", "agreement", "cosine", "ctc")
+CTC_BLANK = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +73,8 @@ class OutputMetric:
             return f"acc {100 * self.value:.2f}% (ref {100 * self.reference_value:.2f}%)"
         if self.kind == "top1-agreement":
             return f"top-1 agree {100 * self.value:.2f}%, max|Δ| {self.max_abs_error:.3g}"
+        if self.kind == "ctc-text":
+            return f"CTC text match {100 * self.value:.2f}%, max|Δ| {self.max_abs_error:.3g}"
         return f"cos {self.value:.5f}, max|Δ| {self.max_abs_error:.3g}"
 
     def to_dict(self) -> dict:
@@ -123,6 +131,8 @@ def metric_kind(name: str, reference: dict[str, np.ndarray], labels: np.ndarray 
         return "cosine"
     if choice == "agreement":
         return "top1-agreement" if has_class_axis(array) else "cosine"
+    if choice == "ctc":
+        return "ctc-text" if array.ndim == 3 and has_class_axis(array) else "cosine"
     if not is_classifier_output(array):
         return "cosine"
     classifier_outputs = [n for n, a in reference.items() if is_classifier_output(a)]
@@ -152,6 +162,22 @@ def argmax_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     sample; (N, T, C): per position)."""
     classes = reference.shape[-1]
     return float(np.mean(reference.reshape(-1, classes).argmax(axis=1) == candidate.reshape(-1, classes).argmax(axis=1)))
+
+
+def ctc_greedy_decode(scores: np.ndarray, blank: int = CTC_BLANK) -> list[tuple[int, ...]]:
+    """Per sample of ``(N, T, C)`` scores: argmax per position, repeats collapsed, ``blank`` removed."""
+    best = scores.argmax(axis=-1)
+    decoded = []
+    for row in best:
+        changed = np.concatenate([[True], row[1:] != row[:-1]])
+        decoded.append(tuple(int(c) for c in row[changed] if c != blank))
+    return decoded
+
+
+def ctc_text_match(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of samples whose greedy CTC decoding is the same in both arrays."""
+    ref, cand = ctc_greedy_decode(reference), ctc_greedy_decode(candidate)
+    return float(np.mean([a == b for a, b in zip(ref, cand)]))
 
 
 def check_metric_choice(choice: str, labels: np.ndarray | None) -> None:
@@ -192,6 +218,8 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
             metrics.append(OutputMetric(name, kind, acc, ref_acc, max_err, max_ref, True))
         elif kind == "top1-agreement":
             metrics.append(OutputMetric(name, kind, argmax_agreement(ref, cand), 1.0, max_err, max_ref, True))
+        elif kind == "ctc-text":
+            metrics.append(OutputMetric(name, kind, ctc_text_match(ref, cand), 1.0, max_err, max_ref, True))
         else:
             metrics.append(OutputMetric(name, kind, mean_cosine(ref, cand), 1.0, max_err, max_ref, True))
     return Comparison(tuple(metrics), samples)

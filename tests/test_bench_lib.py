@@ -88,7 +88,10 @@ def test_measure_quality_by_check():
     cos = measure_quality("cosine", ref, worse)
     assert cos.value == pytest.approx(0.8)  # one sample with cosine −1 among ten
     seq = {"y": rng.standard_normal((2, 4, 6)).astype(np.float32)}
-    assert measure_quality("argmax-agreement", seq, {"y": seq["y"].copy()}).value == 1.0
+    same = measure_quality("argmax-agreement", seq, {"y": seq["y"].copy()})
+    assert same.value == 1.0 and same.per_output["y"]["ctc_text_match"] == 1.0
+    classifier = measure_quality("argmax-agreement", ref, worse)
+    assert classifier.value == pytest.approx(0.9) and "ctc_text_match" not in classifier.per_output["y"]
     bad = {"y": ref["y"].copy()}
     bad["y"][3, 1] = np.nan
     nan = measure_quality("argmax-agreement", ref, bad)

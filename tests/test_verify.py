@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from graphopt.errors import InputError
-from graphopt.verify import check_metric_choice, compare_outputs, mean_cosine
+from graphopt.verify import check_metric_choice, compare_outputs, ctc_greedy_decode, mean_cosine
 
 
 def test_accuracy_with_labels():
@@ -96,3 +96,22 @@ def test_metric_choice_checks():
         check_metric_choice("accuracy", None)
     with pytest.raises(InputError, match="unknown metric 'f1'"):
         check_metric_choice("f1", np.arange(3))
+
+
+def _one_hot_sequence(classes_per_position, classes=5):
+    out = np.zeros((len(classes_per_position), classes), np.float32)
+    out[np.arange(len(classes_per_position)), classes_per_position] = 1.0
+    return out
+
+
+def test_ctc_metric_ignores_one_step_alignment_shifts_but_not_changed_text():
+    # reference decodes to (3, 2): "3 3 _ 2 _"; a shift "3 _ 2 2 _" decodes the same; "3 _ 4 _ _" does not
+    ref = np.stack([_one_hot_sequence([3, 3, 0, 2, 0]), _one_hot_sequence([1, 0, 1, 0, 0])])
+    shifted = np.stack([_one_hot_sequence([3, 0, 2, 2, 0]), _one_hot_sequence([1, 0, 1, 0, 0])])
+    changed = np.stack([_one_hot_sequence([3, 0, 4, 0, 0]), _one_hot_sequence([1, 1, 0, 0, 0])])
+    assert ctc_greedy_decode(ref) == [(3, 2), (1, 1)]
+    same = compare_outputs({"out": ref}, {"out": shifted}, metric="ctc").metrics[0]
+    assert same.kind == "ctc-text" and same.value == 1.0 and same.drop_points == 0.0
+    assert compare_outputs({"out": ref}, {"out": shifted}, metric="agreement").metrics[0].value < 1.0
+    differs = compare_outputs({"out": ref}, {"out": changed}, metric="ctc").metrics[0]
+    assert differs.value == 0.0  # sample 0 reads (3, 4); sample 1 collapses "1 1" into one 1

@@ -505,6 +505,9 @@ def _table_row(row: dict) -> list[str]:
     if len(outputs) > 1 and all(v is not None for _, v in outputs):  # show every output, not only the worst
         shown = ", ".join(f"{name} {format_number(v if quality['metric'] == 'cosine' else 100 * v, 5 if quality['metric'] == 'cosine' else 2)}"
                           for name, v in outputs)
+    texts = [m["ctc_text_match"] for m in quality.get("per_output", {}).values() if "ctc_text_match" in m]
+    if texts:
+        shown += f" (text {format_number(100 * min(texts), 2)}%)"
     note = _short(row.get("reason", "")) if row["status"] != "ok" else ""
     if not note and quality and not quality.get("finite", True):
         note = "non-finite outputs"

@@ -11,8 +11,10 @@ Rules the numbers follow:
   ``cosine`` — the lowest, over float outputs, of the mean per-sample cosine similarity
   (:func:`graphopt.verify.mean_cosine`); ``argmax-agreement`` — the lowest, over float outputs, of the
   share of argmaxes over the last axis that agree with fp32 (:func:`argmax_agreement`; for a classifier
-  (N, C) that is the per-sample top-1 agreement, for a sequence (N, T, C) it is per position). A
-  variant with any non-finite output scores NaN.
+  (N, C) that is the per-sample top-1 agreement, for a sequence (N, T, C) it is per position; a
+  sequence output also records the share of samples whose greedy CTC decoding matches fp32,
+  :func:`graphopt.verify.ctc_text_match`, shown as "text" in the table). A variant with any
+  non-finite output scores NaN.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ def measure_quality(check: str, reference: dict[str, np.ndarray], candidate: dic
         if reference[name].ndim >= 2 and reference[name].shape[-1] > 1:
             agreements[name] = argmax_agreement(reference[name], candidate[name])
             per_output[name]["argmax_agreement"] = agreements[name]
+            if reference[name].ndim == 3:
+                per_output[name]["ctc_text_match"] = verify.ctc_text_match(reference[name], candidate[name])
     if not agreements:
         raise ValueError("check argmax-agreement needs a float output whose last axis has ≥ 2 classes")
     return Quality("argmax-agreement", min(agreements.values()), 1.0, True, max_abs, relative, per_output)
