@@ -269,3 +269,31 @@ def test_graph_edits_on_the_trt_layout_stay_deployable():
         assert _float_weight_layers(candidate) == set(weighted) - set(keep)
         out = ort_engine.build(candidate).run_batches(data.batches(16))["y"]
         assert np.isfinite(out).all()
+
+
+def test_every_layer_in_float_gives_back_the_float_model_with_float_readers_of_conv_outputs():
+    """Hard-swish between convs: the float HardSigmoid reads conv1's dequantized output. With every
+    layer sent back to float no Q/DQ may stay (not on conv outputs for that float reader, not on the
+    graph input), and the outputs are the original model's exactly; with only conv2 quantized, conv1's
+    output keeps the pair conv2 reads."""
+    def w(name, *shape, scale=0.3):
+        return numpy_helper.from_array((RNG.standard_normal(shape) * scale).astype(np.float32), name)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSigmoid", ["c"], ["g"], name="hsig", alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["c", "g"], ["h"], name="hswish"),
+             helper.make_node("Conv", ["h", "w2", "b2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    inits = [w("w1", 8, 3, 3, 3), w("b1", 8, scale=0.1), w("w2", 4, 8, 3, 3, scale=0.15), w("b2", 4, scale=0.1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = DataSet({"x": RNG.standard_normal((16, 3, 8, 8)).astype(np.float32)})
+    _, fast, weighted, _ = _slow_and_fast(model, data)
+    all_float = fast([])
+    assert not [n.op_type for n in all_float.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    reference = ort_engine.build(model).run_batches(data.batches(16))["y"]
+    np.testing.assert_array_equal(ort_engine.build(all_float).run_batches(data.batches(16))["y"], reference)
+    only_conv2 = fast(["conv2"])
+    producers = {o: n.op_type for n in only_conv2.graph.node for o in n.output}
+    conv2 = next(n for n in only_conv2.graph.node if n.name == "conv2")
+    assert producers[conv2.input[0]] == "DequantizeLinear" and producers[conv2.input[1]] == "DequantizeLinear"
