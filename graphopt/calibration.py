@@ -53,8 +53,12 @@ class TensorRange:
     def update(self, array: np.ndarray) -> None:
         if array.size == 0:
             return
-        self.min = min(self.min, float(np.min(array)))
-        self.max = max(self.max, float(np.max(array)))
+        self.update_bounds(float(np.min(array)), float(np.max(array)))
+
+    def update_bounds(self, low: float, high: float) -> None:
+        """Fold in one batch's min and max."""
+        self.min = min(self.min, low)
+        self.max = max(self.max, high)
         self.count += 1
 
 
@@ -219,14 +223,17 @@ def _stream(proto: onnx.ModelProto, data: DataSet, batch_size: int, description:
 
 def collect_ranges(model: ir.Model | onnx.ModelProto, data: DataSet, tensor_names: Sequence[str] | None = None,
                    *, batch_size: int = 16, description: str = "collecting ranges") -> dict[str, TensorRange]:
-    """Streaming min/max (and so max |x|) of every float tensor (or of ``tensor_names``)."""
+    """Streaming min/max (and so max |x|) of every float tensor (or of ``tensor_names``), reduced
+    inside the model (:func:`stream_summaries`)."""
     names = list(tensor_names) if tensor_names is not None else float_tensor_names(model)
     ranges = {name: TensorRange(name) for name in names}
 
-    def consume(batch: dict[str, np.ndarray]) -> None:
+    def consume(batch: dict[str, TensorSummary | np.ndarray]) -> None:
         for name, value in batch.items():
-            if value.dtype.kind == "f":
+            if isinstance(value, TensorSummary):
+                ranges[name].update_bounds(value.min, value.max)
+            elif value.dtype.kind == "f":
                 ranges[name].update(value)
 
-    stream_tensors(model, data, names, consume, batch_size=batch_size, description=description)
+    stream_summaries(model, data, names, consume, batch_size=batch_size, description=description)
     return ranges

@@ -153,3 +153,16 @@ def test_histogram_budget_per_sample_shrinks_with_more_samples_within_bounds():
     assert histogram_values_per_sample(512) == 2**13
     assert histogram_values_per_sample(10**6) == 2**12
     assert histogram_values_per_sample(512) * 512 >= 2**22  # the tail of 99.999 % still holds ≥ 40 values
+
+
+def test_collect_ranges_reduced_in_the_model_equal_numpy_on_every_float_tensor():
+    """fp16's overflow check reads min/max of every float tensor, reduced inside onnxruntime."""
+    from graphopt.calibration import collect_ranges
+
+    model, w = _two_layer_model()
+    x = (RNG.standard_normal((30, 6)) * 5).astype(np.float32)
+    ranges = collect_ranges(model, DataSet({"x": x}), batch_size=7)
+    h = x @ w
+    for name, array in {"x": x, "h": h, "y": np.maximum(h, 0)}.items():
+        assert (ranges[name].min, ranges[name].max) == pytest.approx((array.min(), array.max()), rel=1e-6)
+        assert ranges[name].count == 5  # batches folded in
