@@ -171,7 +171,7 @@ class Int8Pass(GraphoptPass):
             candidates = edits_of(quantized, proto, weighted, nodes, writes_outputs)
             outcome = run_fallback(candidates, weighted, evaluator, context.max_accuracy_drop,
                                    max_layers=options.max_float_layers, first=quantized,
-                                   latency=lambda m: batch1_latency_ms(m, context.eval))
+                                   latency=lambda models: batch1_latency_ms(models, context.eval))
             quantized, float_layers = outcome.model, outcome.float_layers
             stats["fallback"] = [step.describe() for step in outcome.steps]
             stats["fallback_seconds"] = round(outcome.seconds, 1)

@@ -11,7 +11,8 @@ Rule:
    (growing batches) until the budget holds or ``max_layers`` is reached, then bisect between the
    last failing and the first passing ``k``. When the drop does not grow as layers go back to
    float (the usual case) this is the same ``k`` as moving one layer per step, in ``O(log n)``
-   evaluations instead of ``n``. Every evaluated ``k`` is a reported step (metric and latency).
+   evaluations instead of ``n``. Every evaluated ``k`` is a reported step: its metric, and its
+   batch-1 latency, measured for all steps side by side once the search is over.
 
 Candidates are **graph edits of the one quantized model** (:func:`float_layers_model`), not new
 quantizer runs: a layer goes back to float by reading its inputs from before their Q→DQ pair,
@@ -106,18 +107,24 @@ class Evaluator:
         return compare_outputs(self.probe_reference, outputs, self.probe_data.labels, self.metric)
 
 
-def batch1_latency_ms(model: onnx.ModelProto, data: DataSet, *, threads: int = 2, runs: int = 10) -> float:
-    """Median latency of one sample (``threads`` intra-op threads), after two warm-up runs."""
-    engine = ort_engine.build(model, threads=threads)
+def batch1_latency_ms(models: Sequence[onnx.ModelProto], data: DataSet, *, threads: int = 2,
+                      runs: int = 15) -> list[float]:
+    """Median latency of one sample for each model (``threads`` intra-op threads), measured side by
+    side: two warm-up runs each, then ``runs`` rounds in which every model runs once, so that the
+    machine's drift hits all of them alike (one model at a time, steps of the same model were seen
+    to differ by 2× on a shared 2-core VM)."""
+    sessions = [ort_engine.build(model, threads=threads, spinning=False).session for model in models]
     feeds = next(iter(data.take(1).batches(1)))
-    for _ in range(2):
-        engine.session.run(None, feeds)
-    times = []
+    for session in sessions:
+        for _ in range(2):
+            session.run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
-        start = time.perf_counter()
-        engine.session.run(None, feeds)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+        for session, spent in zip(sessions, times):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            spent.append(1000 * (time.perf_counter() - start))
+    return [statistics.median(spent) for spent in times]
 
 
 # -- candidates by graph edits ----------------------------------------------------------------
@@ -346,31 +353,42 @@ def prefix_schedule(limit: int) -> list[int]:
 
 
 def run_fallback(quantize: Quantize, layers: Sequence[str], evaluator: Evaluator, budget: float, *,
-                 max_layers: int | None = None, latency: Callable[[onnx.ModelProto], float] | None = None,
+                 max_layers: int | None = None,
+                 latency: Callable[[Sequence[onnx.ModelProto]], list[float]] | None = None,
                  first: onnx.ModelProto | None = None) -> FallbackOutcome:
-    """The fallback loop of the module docstring. ``first`` is the all-quantized model if already built."""
+    """The fallback loop of the module docstring. ``first`` is the all-quantized model if already built.
+    ``latency`` times the models of every step side by side once the search is over."""
     started = time.perf_counter()
     layers = list(layers)
     model = first if first is not None else quantize(layers)
     comparison = evaluator.compare(model)
-    steps = [FallbackStep((), comparison.worst_drop, comparison.summary(), latency(model) if latency else None)]
-    if comparison.worst_drop <= budget or not layers:
-        return FallbackOutcome(model, (), comparison.worst_drop, comparison.worst_drop <= budget, steps, {},
+    steps = [FallbackStep((), comparison.worst_drop, comparison.summary(), None)]
+    tried: dict[int, tuple[float, onnx.ModelProto]] = {0: (comparison.worst_drop, model)}
+
+    def finish(k: int, met: bool, sensitivity: dict[str, float]) -> FallbackOutcome:
+        if latency is not None:
+            counts = [len(step.float_layers) for step in steps]
+            for step, ms in zip(steps, latency([tried[count][1] for count in counts])):
+                step.latency_ms = ms
+        drop, chosen = tried[k]
+        return FallbackOutcome(chosen, tuple(order[:k]) if k else (), drop, met, steps, sensitivity,
                                time.perf_counter() - started)
+
+    order: list[str] = []
+    if comparison.worst_drop <= budget or not layers:
+        return finish(0, comparison.worst_drop <= budget, {})
     sensitivity = {}
     for layer in track(layers, "int8 layer sensitivity", total=len(layers)):
         sensitivity[layer] = evaluator.probe(quantize([layer])).worst_drop
     order = sorted(layers, key=lambda name: (-sensitivity[name], layers.index(name)))
     limit = len(order) if max_layers is None else min(max_layers, len(order))
-    tried: dict[int, tuple[float, onnx.ModelProto]] = {0: (comparison.worst_drop, model)}
 
     def attempt(k: int) -> float:
         keep = set(order[:k])
         candidate = quantize([name for name in layers if name not in keep])
         result = evaluator.compare(candidate)
         tried[k] = (result.worst_drop, candidate)
-        steps.append(FallbackStep(tuple(order[:k]), result.worst_drop, result.summary(),
-                                  latency(candidate) if latency else None))
+        steps.append(FallbackStep(tuple(order[:k]), result.worst_drop, result.summary(), None))
         return result.worst_drop
 
     failing, passing = 0, None
@@ -386,9 +404,5 @@ def run_fallback(quantize: Quantize, layers: Sequence[str], evaluator: Evaluator
                 passing = middle
             else:
                 failing = middle
-        drop, model = tried[passing]
-        return FallbackOutcome(model, tuple(order[:passing]), drop, True, steps, sensitivity,
-                               time.perf_counter() - started)
-    k = min(tried, key=lambda n: (tried[n][0], n))
-    drop, model = tried[k]
-    return FallbackOutcome(model, tuple(order[:k]), drop, False, steps, sensitivity, time.perf_counter() - started)
+        return finish(passing, True, sensitivity)
+    return finish(min(tried, key=lambda n: (tried[n][0], n)), False, sensitivity)

@@ -244,11 +244,19 @@ def test_growing_batches_then_bisection_finds_the_shortest_prefix():
         model.doc_string = str(len(chosen))
         return model
 
+    timed = []
+
+    def latency(models):  # one call, every step's model, timed side by side
+        timed.append([int(m.doc_string) for m in models])
+        return [100.0 - int(m.doc_string) for m in models]
+
     evaluator = FakeEvaluator()
-    outcome = run_fallback(quantize, layers, evaluator, budget=3.5)
+    outcome = run_fallback(quantize, layers, evaluator, budget=3.5, latency=latency)
     assert outcome.met and len(outcome.float_layers) == 7  # 3 still quantized → drop 3
     assert [len(s.float_layers) for s in outcome.steps] == [0, 1, 2, 4, 8, 6, 7]
     assert evaluator.compared == 7  # instead of 8 one-at-a-time steps
+    assert timed == [[10, 9, 8, 6, 2, 4, 3]]  # quantized layers of each step's model, in step order
+    assert [s.latency_ms for s in outcome.steps] == [90.0, 91.0, 92.0, 94.0, 98.0, 96.0, 97.0]
 
 
 def test_graph_edits_on_the_trt_layout_stay_deployable():

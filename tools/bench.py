@@ -369,7 +369,7 @@ def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, 
             facts = graph_facts(converted.path)
             row.update(file_bytes=facts.file_bytes, nodes=facts.nodes, casts=facts.casts, op_counts=facts.op_counts)
             try:
-                engine = build_engine(onnx.load(str(converted.path)), threads=threads)
+                engine = build_engine(onnx.load(str(converted.path)), threads=threads, spinning=False)
             except Exception as exc:
                 if spec.tool != "graphopt":
                     raise
@@ -477,7 +477,7 @@ def render_markdown(result: dict) -> str:
         "",
         f"{meta['date']} · {meta['machine']['processor']} · {meta['machine']['cpus']} CPUs · onnxruntime "
         f"{meta['versions'].get('onnxruntime-gpu', meta['versions'].get('onnxruntime', '?'))} CPU provider, "
-        f"{meta['threads']} threads, batch {meta['batch']} · latency = median of {meta['runs']} interleaved runs "
+        f"{meta['threads']} threads (no spin-wait), batch {meta['batch']} · latency = median of {meta['runs']} interleaved runs "
         f"after {meta['warmup']} warm-up · ratios to fp32 of the same model in the same run",
     ]
     for model_name, section in result["models"].items():

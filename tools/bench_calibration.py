@@ -12,7 +12,7 @@ Goal: graphopt Entropy within 1.5 GB and ≤ 1.2× the time of onnxruntime's Min
 
 ``latency``: fp32, graphopt ``--int8`` (cpu target) and onnxruntime ``quantize_static`` with its
 default options (QDQ, s8 activations, per-tensor) and with hand-tuned options (QDQ, u8 activations,
-s8 per-channel weights), all calibrated on the same data; medians of batch-1 runs with 2 threads,
+s8 per-channel weights), all calibrated on the same data; medians of batch-1 runs with 2 threads (no spin-wait),
 measured round-robin in one process so the ratios share the same machine state; agreement of
 top-1 (or accuracy with labels) against fp32 on the eval data.
 """
@@ -163,7 +163,7 @@ def _session(path_or_model):
 
     if isinstance(path_or_model, Path):
         path_or_model = path_or_model.read_bytes()
-    return ort_engine.build(path_or_model, threads=THREADS).session
+    return ort_engine.build(path_or_model, threads=THREADS, spinning=False).session
 
 
 def run_latency(args) -> None:

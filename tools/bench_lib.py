@@ -6,6 +6,9 @@ Rules the numbers follow:
   ``runs`` rounds in which each session runs once, in an order that rotates every round, so that clock
   drift, thermal throttling and noisy neighbours hit all variants alike. The reported value is the
   median of a session's ``runs`` timings; ratios are taken to the fp32 model measured in the same rounds.
+  Sessions are built without spin-waiting threads (``graphopt.engines.ort.session_options``): with it,
+  the idle workers of the session that just ran take the two cores from the next one (≈3× slower,
+  far noisier timings).
 * **Quality** is judged against the fp32 model's outputs on the eval data, by the model's registry
   ``check``: ``top1-labels`` — accuracy of the classifier output against the labels (drop in points);
   ``cosine`` — the lowest, over float outputs, of the mean per-sample cosine similarity

@@ -19,8 +19,15 @@ from graphopt.target import Target
 QUIET = 3  # onnxruntime log severity: errors only
 
 
-def session_options(threads: int | None = None, optimization: str = "all", priority_order: bool = False):
+def session_options(threads: int | None = None, optimization: str = "all", priority_order: bool = False,
+                    spinning: bool = True):
     """Quiet ``SessionOptions``; ``threads`` pins intra-op threads (benchmarks use 2).
+
+    ``spinning=False``: idle intra-op threads sleep instead of spin-waiting. Needed whenever several
+    sessions are timed in turn (side-by-side benchmarks): the spinning workers of the session that
+    just ran take the cores from the next one. Measured on the 2-core VM, ResNet-18 224² fp32 /
+    graphopt int8 / ORT int8 interleaved: 50–62 / 17 / 16–20 ms with spinning, 19–22 / 6.6 / 6.6–6.7
+    ms without, and the fp32 spread (IQR / median) down from 0.10–0.32 to 0.02–0.21.
 
     ``priority_order``: onnxruntime's priority-based execution order, which runs a node's readers
     soon after it (measured on the calibration graph of a 224×224 ResNet-18, whose min/max/sample
@@ -41,6 +48,9 @@ def session_options(threads: int | None = None, optimization: str = "all", prior
     options.graph_optimization_level = levels[optimization]
     if priority_order:
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 
@@ -87,15 +97,15 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
 
 def build(model: ir.Model | onnx.ModelProto | bytes, target: Target | None = None, *,
           threads: int | None = None, providers: Sequence[str] | None = None,
-          optimization: str = "all", priority_order: bool = False) -> OrtEngine:
+          optimization: str = "all", priority_order: bool = False, spinning: bool = True) -> OrtEngine:
     """Create an onnxruntime session for ``target`` (CPU when ``None``); options as :func:`session_options`."""
     import onnxruntime as ort
 
     wanted = list(providers) if providers else (target.providers if target else ["CPUExecutionProvider"])
     available = set(ort.get_available_providers())
     wanted = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-    session = ort.InferenceSession(model_bytes(model), session_options(threads, optimization, priority_order),
-                                   providers=wanted)
+    options = session_options(threads, optimization, priority_order, spinning)
+    session = ort.InferenceSession(model_bytes(model), options, providers=wanted)
     return OrtEngine(session, list(session.get_providers()))
 
 
