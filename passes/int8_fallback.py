@@ -243,13 +243,7 @@ def _drop_unread_output_pairs(model: onnx.ModelProto, layers: set[str], quantize
         downstream = [r for d in dqs for r in readers.get(d.output[0], [])]
         if any(r.name in quantized_nodes for r in downstream):
             continue
-        if source is not None:
-            bypass_qdq(source, q, dqs, readers, outputs)
-        elif not any(d.output[0] in outputs for d in dqs):  # a graph input: its readers read it directly
-            for dq in dqs:
-                for reader in readers.get(dq.output[0], []):
-                    reader.input[:] = [q.input[0] if n == dq.output[0] else n for n in reader.input]
-        else:
+        if not bypass_qdq(source, q, dqs, readers, outputs):
             continue
         bypassed += [q, *dqs]  # removed here: a DQ that wrote a graph output would look alive to _remove_dead
     for node in bypassed:
@@ -371,7 +365,7 @@ def run_fallback(quantize: Quantize, layers: Sequence[str], evaluator: Evaluator
             for step, ms in zip(steps, latency([tried[count][1] for count in counts])):
                 step.latency_ms = ms
         drop, chosen = tried[k]
-        return FallbackOutcome(chosen, tuple(order[:k]) if k else (), drop, met, steps, sensitivity,
+        return FallbackOutcome(chosen, tuple(order[:k]), drop, met, steps, sensitivity,
                                time.perf_counter() - started)
 
     order: list[str] = []

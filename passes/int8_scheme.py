@@ -280,13 +280,17 @@ def graph_links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict
     return producers, consumers
 
 
-def bypass_qdq(source: onnx.NodeProto, q: onnx.NodeProto, dqs: list[onnx.NodeProto],
-               consumers: dict[str, list[onnx.NodeProto]], outputs: set[str]) -> None:
-    """Let the readers of ``source → Q → DQ…`` read ``source``'s float output directly.
+def bypass_qdq(source: onnx.NodeProto | None, q: onnx.NodeProto, dqs: list[onnx.NodeProto],
+               consumers: dict[str, list[onnx.NodeProto]], outputs: set[str]) -> bool:
+    """Let the readers of ``source → Q → DQ…`` read ``source``'s float output directly; whether it did.
 
     A DQ output that is a graph output keeps its name: ``source`` writes it, and the other readers
-    of ``source``'s output follow the rename. The Q/DQ nodes are left for the caller to drop."""
+    of ``source``'s output follow the rename. ``source`` is ``None`` when the Q reads a graph input,
+    which cannot be renamed: then a DQ writing a graph output leaves the pair in place (``False``).
+    The Q/DQ nodes are left for the caller to drop."""
     plain = q.input[0]
+    if source is None and any(dq.output[0] in outputs for dq in dqs):
+        return False
     for dq in dqs:
         if dq.output[0] in outputs:
             source.output[list(source.output).index(plain)] = dq.output[0]
@@ -296,6 +300,7 @@ def bypass_qdq(source: onnx.NodeProto, q: onnx.NodeProto, dqs: list[onnx.NodePro
     for dq in dqs:
         for reader in consumers.get(dq.output[0], []):
             reader.input[:] = [plain if n == dq.output[0] else n for n in reader.input]
+    return True
 
 
 def drop_output_qdq_into_float(model: onnx.ModelProto, quantized: set[str]) -> int:
