@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-"""Same as graphopt.passes.int8_calibration.CALIB_METHODS (not imported: keeps --help fast)."""
+"""Same as graphopt.passes.int8.calibration.CALIB_METHODS (not imported: keeps --help fast)."""
 
 OPTIONS = [
     click.option("--int8", is_flag=True, help="Static int8 quantization (QDQ) calibrated on --calib-data."),

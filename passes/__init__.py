@@ -1,4 +1,5 @@
-"""graphopt passes, one module per rewrite. Installed as ``graphopt.passes``.
+"""graphopt passes, one module per rewrite (a subpackage per family: ``int8/``, ``fp16/``).
+Installed as ``graphopt.passes``.
 
 ``PASS_REGISTRY`` maps a pass's kebab-case name (CLI flag, pipeline-file key) to where its class
 lives, so that importing this package stays cheap: a pass module (and its heavy libraries) is

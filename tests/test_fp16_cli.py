@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from graphopt.cli import main
 from graphopt.pass_base import PassContext
 from graphopt.passes.fp16 import Fp16Options, Fp16Pass
-from graphopt.passes.fp16_typecheck import elem_types
+from graphopt.passes.fp16.typecheck import elem_types
 from graphopt.target import Target
 
 F, H = TensorProto.FLOAT, TensorProto.FLOAT16

@@ -14,7 +14,7 @@ from graphopt.data import DataSet
 from graphopt.errors import PreconditionFailed, QualityGateError
 from graphopt.pass_base import PassContext
 from graphopt.passes.fp16 import Fp16Options, Fp16Pass
-from graphopt.passes.fp16_typecheck import check_types, elem_types
+from graphopt.passes.fp16.typecheck import check_types, elem_types
 from graphopt.target import Target
 
 F, H = TensorProto.FLOAT, TensorProto.FLOAT16

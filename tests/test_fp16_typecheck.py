@@ -8,8 +8,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.passes.fp16_blocklist import has_native_cpu_kernel
-from graphopt.passes.fp16_typecheck import (
+from graphopt.passes.fp16.blocklist import has_native_cpu_kernel
+from graphopt.passes.fp16.typecheck import (
     check_types,
     drop_duplicate_producers,
     infer,

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.data import DataSet
-from graphopt.passes.int8_calibration import (
+from graphopt.passes.int8.calibration import (
     HISTOGRAM_VALUES_PER_SAMPLE,
     RangeCollector,
     TensorHistogram,
@@ -147,7 +147,7 @@ def test_summaries_computed_in_the_model_equal_the_whole_arrays():
 
 
 def test_histogram_budget_per_sample_shrinks_with_more_samples_within_bounds():
-    from graphopt.passes.int8_calibration import histogram_values_per_sample
+    from graphopt.passes.int8.calibration import histogram_values_per_sample
 
     assert histogram_values_per_sample(64) == 2**15  # 2**22 / 64 = 2**16, capped
     assert histogram_values_per_sample(512) == 2**13

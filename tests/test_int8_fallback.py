@@ -10,14 +10,14 @@ import graphopt
 from graphopt.data import DataSet
 from graphopt.engines import ort as ort_engine
 from graphopt.passes.int8 import Int8Options, Int8Pass
-from graphopt.passes.int8_fallback import (
+from graphopt.passes.int8.fallback import (
     Evaluator,
     edits_of,
     float_layers_model,
     prefix_schedule,
     run_fallback,
 )
-from graphopt.passes.int8_scheme import (
+from graphopt.passes.int8.scheme import (
     keep_int8_flow,
     quantizable_nodes,
     quantize_qdq,
@@ -134,7 +134,7 @@ def _weighted_inputs(model):
 
 
 def _slow_and_fast(model, calib):
-    from graphopt.passes.int8_calibration import calibrate
+    from graphopt.passes.int8.calibration import calibrate
 
     scheme = scheme_for(Target("cpu", cpu_vnni=True))
     nodes = quantizable_nodes(model, scheme)
@@ -260,7 +260,7 @@ def test_growing_batches_then_bisection_finds_the_shortest_prefix():
 
 
 def test_graph_edits_on_the_trt_layout_stay_deployable():
-    from graphopt.passes.int8_trt_check import check_trt_qdq
+    from graphopt.passes.int8.trt_check import check_trt_qdq
 
     model = _cnn()
     data = DataSet({"x": RNG.standard_normal((16, 3, 8, 8)).astype(np.float32)})

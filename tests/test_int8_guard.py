@@ -10,8 +10,8 @@ import graphopt
 from graphopt.data import DataSet
 from graphopt.engines import ort as ort_engine
 from graphopt.passes.int8 import Int8Options, Int8Pass
-from graphopt.passes.int8_calibration import TensorHistogram, calibrate
-from graphopt.passes.int8_scheme import low_resolution_layers, quantizable_nodes, scheme_for
+from graphopt.passes.int8.calibration import TensorHistogram, calibrate
+from graphopt.passes.int8.scheme import low_resolution_layers, quantizable_nodes, scheme_for
 from graphopt.target import Target
 from graphopt.verify import mean_cosine
 

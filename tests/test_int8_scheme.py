@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.passes.int8_scheme import quantizable_nodes, quantize_qdq, scheme_for, tensors_to_calibrate
-from graphopt.passes.int8_trt_check import check_trt_qdq
+from graphopt.passes.int8.scheme import quantizable_nodes, quantize_qdq, scheme_for, tensors_to_calibrate
+from graphopt.passes.int8.trt_check import check_trt_qdq
 from graphopt.target import Target
 
 RNG = np.random.default_rng(2)

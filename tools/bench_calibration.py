@@ -70,7 +70,7 @@ def calib_child(model_path: str, calib_path: str, method: str, samples: int) -> 
     import onnx
 
     from graphopt.data import DataSet
-    from graphopt.passes.int8_scheme import quantizable_nodes, scheme_for, tensors_to_calibrate
+    from graphopt.passes.int8.scheme import quantizable_nodes, scheme_for, tensors_to_calibrate
     from graphopt.target import make_target
 
     inputs = _samples(Path(calib_path), samples)
@@ -78,7 +78,7 @@ def calib_child(model_path: str, calib_path: str, method: str, samples: int) -> 
     rss_before = _peak_rss_mb()
     start = time.perf_counter()
     if method.startswith("graphopt-"):
-        from graphopt.passes.int8_calibration import calibrate
+        from graphopt.passes.int8.calibration import calibrate
 
         scheme = scheme_for(make_target("cpu"))
         tensors = tensors_to_calibrate(model, quantizable_nodes(model, scheme))

@@ -10,7 +10,7 @@ added and conversion time (median of ``--repeats``), for
   eval batch, in a subprocess killed after ``--amp-timeout`` seconds.
 
 Every converted model is evaluated on the CPU through the same fp32 emulation
-(:func:`graphopt.passes.fp16_verify.emulation_copy`) so fp16 overflow shows as on a GPU (onnxruntime's
+(:func:`graphopt.passes.fp16.verify.emulation_copy`) so fp16 overflow shows as on a GPU (onnxruntime's
 own CPU fallback hides it). Prints a markdown table and writes JSON.
 
     python tools/bench_fp16.py --models digits_cnn digits_mlp resnet18-224 minilm-l6 --json bench_fp16.json
@@ -52,8 +52,8 @@ def load_npz(path: Path | None, limit: int):
 
 
 def run(proto: onnx.ModelProto, data, batch: int, low: int | None) -> dict[str, np.ndarray]:
-    from graphopt.passes import fp16 as fp16_mod
-    from graphopt.passes.fp16_verify import emulation_copy, run_outputs
+    from graphopt.passes.fp16 import convert as fp16_mod
+    from graphopt.passes.fp16.verify import emulation_copy, run_outputs
 
     model = proto
     if low is not None:

@@ -2,17 +2,17 @@
 
 Steps:
 1. refuse models that are already quantized or have no float weights to quantize;
-2. choose the scheme for the target (:mod:`graphopt.passes.int8_scheme`) and the nodes it
+2. choose the scheme for the target (:mod:`graphopt.passes.int8.scheme`) and the nodes it
    quantizes (minus ``exclude_nodes`` / ``exclude_op_types``);
 3. calibrate the tensors those nodes read and write, streaming, one model run per batch
-   (:mod:`graphopt.passes.int8_calibration`); warn on fewer than 32 samples or unsettled ranges;
+   (:mod:`graphopt.passes.int8.calibration`); warn on fewer than 32 samples or unsettled ranges;
    keep in float the layers whose input would quantize below ``min_sqnr_db`` (heavy-tailed
-   activations such as BERT's FFN outputs: :func:`~graphopt.passes.int8_scheme.low_resolution_layers`);
+   activations such as BERT's FFN outputs: :func:`~graphopt.passes.int8.scheme.low_resolution_layers`);
 4. let onnxruntime.quantization write the QDQ graph from graphopt's ranges;
 5. with evaluation data and a ``max_accuracy_drop`` budget, run the accuracy-aware fallback
-   (:mod:`graphopt.passes.int8_fallback`) so the most sensitive layers stay in float;
+   (:mod:`graphopt.passes.int8.fallback`) so the most sensitive layers stay in float;
 6. for ``trt``, check the graph against TensorRT's explicit-quantization rules
-   (:mod:`graphopt.passes.int8_trt_check`).
+   (:mod:`graphopt.passes.int8.trt_check`).
 
 Default calibration method: **percentile (99.999 %) on every target**, chosen by measurement. On the
 ``trt`` layout (symmetric int8, QDQ evaluated with onnxruntime) entropy (KL, TensorRT's own
@@ -36,9 +36,9 @@ from graphopt.console import stderr
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PreconditionFailed
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
-from graphopt.passes.int8_calibration import MIN_SAMPLES, CalibMethod, calibrate
-from graphopt.passes.int8_fallback import Evaluator, batch1_latency_ms, edits_of, run_fallback
-from graphopt.passes.int8_scheme import (
+from graphopt.passes.int8.calibration import MIN_SAMPLES, CalibMethod, calibrate
+from graphopt.passes.int8.fallback import Evaluator, batch1_latency_ms, edits_of, run_fallback
+from graphopt.passes.int8.scheme import (
     FLOAT_OUTPUT_OK,
     WEIGHTED_OPS,
     ensure_node_names,
@@ -50,7 +50,7 @@ from graphopt.passes.int8_scheme import (
     scheme_for,
     tensors_to_calibrate,
 )
-from graphopt.passes.int8_trt_check import check_trt_qdq
+from graphopt.passes.int8.trt_check import check_trt_qdq
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,8 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 from graphopt.calibration import float_tensor_names, with_outputs
 from graphopt.data import DataSet
 from graphopt.engines import ort as ort_engine
-from graphopt.passes.fp16_blocklist import has_native_cpu_kernel
-from graphopt.passes.fp16_typecheck import elem_types, has_subgraph, iter_graphs
+from graphopt.passes.fp16.blocklist import has_native_cpu_kernel
+from graphopt.passes.fp16.typecheck import elem_types, has_subgraph, iter_graphs
 from graphopt.verify import mean_cosine
 
 EMU_SUFFIX = "__fp32emu"

@@ -34,7 +34,7 @@ import onnx
 from onnx import helper
 
 from graphopt.calibration import TensorRange
-from graphopt.passes.fp16_typecheck import FLOAT_TYPES, elem_types, has_subgraph, iter_graphs
+from graphopt.passes.fp16.typecheck import FLOAT_TYPES, elem_types, has_subgraph, iter_graphs
 
 FP16_MAX = 65504.0
 

@@ -20,7 +20,7 @@ Scheme per target:
   points, no bias quantization**, Q/DQ only on the *inputs* of Conv / ConvTranspose / Gemm / MatMul
   and of residual Adds (TensorRT fuses a DQ→Conv→(Add)→Q chain; it propagates the scales through
   pooling / ReLU / reshapes itself and runs everything else, Softmax and LayerNorm included, in
-  float). This is TensorRT's explicit-quantization layout (checked by ``int8_trt_check``).
+  float). This is TensorRT's explicit-quantization layout (checked by ``trt_check``).
 
 Add nodes with a constant input (bias adds) are never quantized: only residual Adds, whose two
 inputs are both activations. Flow ops and residual Adds are quantized only when a quantized

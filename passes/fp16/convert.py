@@ -4,19 +4,19 @@ Steps:
 
 1. **Prepare** a copy: opset < 13 upgraded, initializers removed from the graph inputs (old
    exporters), ``Constant`` weights lifted to initializers, every node given a unique name.
-2. **Decide what stays fp32** (:mod:`graphopt.passes.fp16_blocklist`): required ops (int8 Q/DQ
+2. **Decide what stays fp32** (:mod:`graphopt.passes.fp16.blocklist`): required ops (int8 Q/DQ
    among them, so ``--int8 --fp16`` keeps int8 where quantized), user ``block_ops``/``block_nodes``,
    nodes whose schema does not allow the low type at this opset, and for fp16 the overflow
    candidates — from data (calibration, else evaluation data) or, without data, the default list.
 3. **Convert** with onnxruntime's float16 converter (a maintained fork of onnxconverter-common's)
    on a copy of the proto. bf16 reuses the same layout: every fp16 type the converter wrote is
    retyped to bf16 and every converted weight is re-encoded from its original fp32 value.
-4. **Repair and check types** (:mod:`graphopt.passes.fp16_typecheck`): mixed float inputs fixed,
+4. **Repair and check types** (:mod:`graphopt.passes.fp16.typecheck`): mixed float inputs fixed,
    redundant Casts removed and Casts of constants folded, topological order and unique names
    restored, then a strict type check.
 5. **Target**: on ``cpu`` nodes without a native CPU kernel for the low type go back to fp32 and
    steps 3–4 repeat; on ``cuda``/``trt`` they stay low precision and are emulated for the check.
-6. **Self-check** (:mod:`graphopt.passes.fp16_verify`) on the evaluation data (else probe inputs):
+6. **Self-check** (:mod:`graphopt.passes.fp16.verify`) on the evaluation data (else probe inputs):
    NaN/Inf or a cosine drop above ``tolerance_points`` triggers up to ``max_repairs`` repairs
    (first: ranges measured on the check data; then the nodes around the first non-finite tensor go
    to fp32). If it still fails, ``on_failure="error"`` raises :class:`QualityGateError` naming the
@@ -42,9 +42,7 @@ from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PassFailedError, PreconditionFailed, QualityGateError
 from graphopt.model_io import DEFAULT_OPSET, normalize_model, opset_version, upgrade_opset
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
-from graphopt.passes import fp16_blocklist as blocklist
-from graphopt.passes import fp16_typecheck as typecheck
-from graphopt.passes import fp16_verify as verify
+from graphopt.passes.fp16 import blocklist, typecheck, verify
 
 CPU_SLOWDOWN_NOTE = ("fp16 usually runs slower on CPUs without native fp16 (measured 1.1–1.5× slower here); "
                      "it is meant for GPU targets (--target cuda / trt)")

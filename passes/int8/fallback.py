@@ -39,7 +39,7 @@ import onnx_ir as ir
 from graphopt.console import track
 from graphopt.data import DataSet, input_specs
 from graphopt.engines import ort as ort_engine
-from graphopt.passes.int8_scheme import (
+from graphopt.passes.int8.scheme import (
     FLOAT_OUTPUT_OK,
     bypass_qdq,
     drop_output_qdq_into_float,
@@ -317,7 +317,7 @@ def edits_of(quantized: onnx.ModelProto, original: onnx.ModelProto, layers: Sequ
 
     ``quantized`` quantizes ``nodes`` (the weighted ``layers`` plus flow ops and residual Adds).
     A candidate keeping only some layers quantized also drops the flow ops that no longer feed a
-    quantized layer (:func:`~graphopt.passes.int8_scheme.keep_int8_flow`), as the quantizer's own
+    quantized layer (:func:`~graphopt.passes.int8.scheme.keep_int8_flow`), as the quantizer's own
     model for that node set would.
     """
     everything, weighted = list(nodes), set(layers)

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graphopt.passes.int8_scheme import graph_links
+from graphopt.passes.int8.scheme import graph_links
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 SCALE_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}

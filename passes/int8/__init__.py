@@ -1,0 +1,10 @@
+"""Calibration-based static int8 quantization.
+
+One module per step: :mod:`.scheme` (the Q/DQ layout for the target), :mod:`.calibration` (streaming
+ranges), :mod:`.fallback` (accuracy-aware layers kept in float), :mod:`.trt_check` (TensorRT
+deployability), and :mod:`.quantize`, the pass that runs them in order.
+"""
+
+from graphopt.passes.int8.quantize import Int8Options, Int8Pass
+
+__all__ = ["Int8Options", "Int8Pass"]
