@@ -38,6 +38,7 @@ from graphopt.versions import library_versions
 if TYPE_CHECKING:
     from graphopt.passes.fp16 import Fp16Options
     from graphopt.passes.int8 import Int8Options
+    from graphopt.passes.prune import PruneOptions
 
 DataLike = str | os.PathLike | DataSet
 
@@ -62,6 +63,7 @@ def optimize(
     *,
     passes: list[GraphoptPass] | None = None,
     pipeline: Pipeline | None = None,
+    prune: PruneOptions | float | None = None,
     int8: Int8Options | bool | None = None,
     fp16: Fp16Options | bool | None = None,
     calib: DataLike | None = None,
@@ -77,8 +79,9 @@ def optimize(
     """Optimize ``model`` and return the new model with its report.
 
     ``passes`` (or a ``pipeline``) say what to run; by default only ``simplify``. The shortcuts
-    ``int8=Int8Options(...)`` / ``fp16=Fp16Options(...)`` (or ``True`` for the defaults) run
-    ``simplify`` then those passes, as the CLI's ``--int8`` / ``--fp16`` flags do. ``calib`` is
+    ``prune=PruneOptions(...)`` (or an amount), ``int8=Int8Options(...)`` / ``fp16=Fp16Options(...)``
+    (or ``True`` for the defaults) run ``simplify`` then those passes, as the CLI's ``--prune`` /
+    ``--int8`` / ``--fp16`` flags do. ``calib`` is
     ``calib_data`` by its short name. ``output`` is
     written atomically (never over the input) unless the accuracy budget is missed — then only with
     ``keep_best`` (or a pass whose options set ``keep_best``), and ``passed`` stays False. Raises
@@ -93,9 +96,9 @@ def optimize(
         if calib_data is not None:
             raise InputError("give calib or calib_data, not both")
         calib_data = calib
-    shortcuts = shortcut_passes(int8, fp16)
+    shortcuts = shortcut_passes(int8, fp16, prune)
     if sum(x is not None for x in (passes, pipeline, shortcuts)) > 1:
-        raise InputError("give one of passes, pipeline or the int8=/fp16= shortcuts")
+        raise InputError("give one of passes, pipeline or the int8=/fp16= shortcuts (prune= included)")
     if pipeline is None:
         from graphopt.passes.simplify import SimplifyPass
 
@@ -162,16 +165,22 @@ def optimize(
     return OptimizeResult(result.model, report, written, passed)
 
 
-def shortcut_passes(int8: Int8Options | bool | None, fp16: Fp16Options | bool | None) -> list[GraphoptPass] | None:
-    """``[simplify, int8?, fp16?]`` for the ``int8=`` / ``fp16=`` shortcuts (options object or ``True``),
-    ``None`` when neither is given."""
-    if int8 in (None, False) and fp16 in (None, False):
+def shortcut_passes(int8: Int8Options | bool | None, fp16: Fp16Options | bool | None,
+                    prune: PruneOptions | float | None = None) -> list[GraphoptPass] | None:
+    """``[simplify, prune?, int8?, fp16?]`` for the ``prune=`` (options or an amount), ``int8=`` /
+    ``fp16=`` (options object or ``True``) shortcuts, ``None`` when none is given."""
+    if int8 in (None, False) and fp16 in (None, False) and prune is None:
         return None
     from graphopt.passes.fp16 import Fp16Options, Fp16Pass
     from graphopt.passes.int8 import Int8Options, Int8Pass
+    from graphopt.passes.prune import PruneOptions, PrunePass
     from graphopt.passes.simplify import SimplifyPass
 
     built: list[GraphoptPass] = [SimplifyPass()]
+    if prune is not None:
+        if isinstance(prune, bool) or not isinstance(prune, PruneOptions | int | float):
+            raise InputError(f"prune= takes PruneOptions(...) or an amount, got {type(prune).__name__}")
+        built.append(PrunePass(prune if isinstance(prune, PruneOptions) else PruneOptions(amount=float(prune))))
     for value, pass_type, options_type, name in ((int8, Int8Pass, Int8Options, "int8"),
                                                  (fp16, Fp16Pass, Fp16Options, "fp16")):
         if value in (None, False):

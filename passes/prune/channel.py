@@ -26,7 +26,6 @@ from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes import common as ir_common
 
 from graphopt.errors import InputError, PassFailedError
 from graphopt.model_io import load_model
@@ -34,7 +33,7 @@ from graphopt.passes.prune.analysis import ChannelAnalysis, ChannelPlan, Keep
 from graphopt.passes.prune.atoms import FIXED
 from graphopt.passes.prune.channel_rewrite import apply_plan, keep_function, zero_removed
 from graphopt.passes.prune.importance import CRITERIA, class_scores
-from graphopt.passes.prune.layers import name_nodes, resolve_skip, weight_index
+from graphopt.passes.prune.layers import prepared_copy, resolve_skip, weight_index
 from graphopt.passes.prune.probe import run_probe
 
 MIN_CHANNELS = 4
@@ -93,10 +92,7 @@ def prune_channels(model: ir.Model, amount: float, *, criterion: Literal["l1", "
     if criterion not in CRITERIA:
         raise InputError(f"pruning criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     model = load_model(model)
-    working = model.clone()
-    ir_common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(working)
-    name_nodes(working)
-    working.graph.sort()
+    working = prepared_copy(model)
     skipped_layers = resolve_skip(working, skip, skip_first_last)
     if amount == 0.0:
         return ChannelPruneOutcome(model.clone(), [], [], "not needed: nothing removed")
