@@ -273,26 +273,37 @@ def test_reshape_with_literal_channel_count_is_rewritten():
     assert target.const_value.numpy().tolist() == [0, c - 1, 36]
 
 
-def test_channel_count_used_in_arithmetic_is_not_pruned():
-    """head_dim = C // 2 computed from Shape(a): the analysis cannot follow it, so C stays."""
-    c = 8
+def test_channel_count_read_by_an_unmodelled_op_is_not_pruned():
+    """ConstantOfShape(Shape(a)) builds a tensor from the channel count: those channels stay."""
     proto = model([helper.make_node("Conv", ["x", "w1"], ["a"]),
                    helper.make_node("Shape", ["a"], ["shape"]),
-                   helper.make_node("Gather", ["shape", "one"], ["ch"], axis=0),
-                   helper.make_node("Div", ["ch", "two"], ["half"]),
-                   helper.make_node("Unsqueeze", ["half", "axes0"], ["half1"]),
-                   helper.make_node("Concat", ["zero2", "two1", "half1", "minus_one"], ["target"], axis=0),
-                   helper.make_node("Reshape", ["a", "target"], ["r"]),
-                   helper.make_node("ReduceSum", ["r", "axes3"], ["s"], keepdims=1),
+                   helper.make_node("ConstantOfShape", ["shape"], ["zeros"],
+                                    value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [1.0])),
+                   helper.make_node("Add", ["a", "zeros"], ["s"]),
                    helper.make_node("Conv", ["s", "w2"], ["y"])],
-                  [("x", ["N", 3, 6, 6])], [("y", ["N", 2, 4, 1])],
-                  {"w1": weights((c, 3, 1, 1), 1), "w2": weights((2, 2, 1, 1), 2),
-                   "one": np.array(1, np.int64), "two": np.array(2, np.int64), "axes0": np.array([0], np.int64),
-                   "zero2": np.array([0], np.int64), "two1": np.array([2], np.int64),
-                   "minus_one": np.array([-1], np.int64), "axes3": np.array([3], np.int64)})
+                  [("x", ["N", 3, 6, 6])], [("y", ["N", 2, 6, 6])],
+                  {"w1": weights((8, 3, 1, 1), 1), "w2": weights((2, 8, 1, 1), 2)})
     out = prune(proto, 0.5)
-    assert out.groups == [] and any("arithmetic" in s.reason for s in out.skipped)
+    assert out.groups == [] and any("ConstantOfShape" in s.reason for s in out.skipped)
     close(run(out.model, {"x": X})[0], run(proto, {"x": X})[0])
+
+
+def test_channel_count_mixed_with_the_batch_dim_is_not_pruned():
+    """Reshape(a, [N·C, -1]): the target multiplies a dynamic dim by the channel count."""
+    proto = model([helper.make_node("Conv", ["x", "w1"], ["a"]),
+                   helper.make_node("Shape", ["a"], ["shape"]),
+                   helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+                   helper.make_node("Gather", ["shape", "one"], ["c"], axis=0),
+                   helper.make_node("Mul", ["n", "c"], ["nc"]),
+                   helper.make_node("Unsqueeze", ["nc", "axes0"], ["nc1"]),
+                   helper.make_node("Concat", ["nc1", "minus_one"], ["target"], axis=0),
+                   helper.make_node("Reshape", ["a", "target"], ["r"]),
+                   helper.make_node("ReduceMax", ["r"], ["y"], axes=[1], keepdims=0)],
+                  [("x", ["N", 3, 6, 6])], [("y", ["M"])],
+                  {"w1": weights((8, 3, 1, 1), 1), "zero": np.array(0, np.int64), "one": np.array(1, np.int64),
+                   "axes0": np.array([0], np.int64), "minus_one": np.array([-1], np.int64)})
+    out = prune(proto, 0.5)
+    assert out.groups == [] and any("dynamic dims" in s.reason for s in out.skipped)
 
 
 def test_resize_and_maxpool_pass_channels():
@@ -379,21 +390,39 @@ def test_attention_head_dims_are_pruned_uniformly():
     assert init_shape(out.model, "heads_shape") == (4,)
 
 
-def test_channel_shuffle_keeps_the_same_positions_in_every_group():
+@pytest.mark.parametrize("targets", ["literal", "computed"])
+def test_channel_shuffle_keeps_the_same_positions_in_every_group(targets):
+    """x.view(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w), with the targets as constants or
+    computed from Shape the way PyTorch exports them (c // g through Div)."""
     c, groups = 8, 2
     d = [1, 5]  # position 1 of both groups
     w1 = weaken(weights((c, 3, 1, 1), 1), 0, d)
     shuffled = [g * (c // groups) + j for j in range(c // groups) for g in range(groups)]  # new[i] = old[shuffled[i]]
     w2 = weaken(weights((3, c, 1, 1), 2), 1, [shuffled.index(ch) for ch in d])
+    consts = {"w1": w1, "w2": w2}
+    if targets == "literal":
+        shapes = []
+        consts.update(split_shape=np.array([0, groups, c // groups, 6, 6], np.int64),
+                      merge_shape=np.array([0, c, 6, 6], np.int64))
+    else:
+        shapes = [helper.make_node("Shape", ["a"], ["sh"]),
+                  helper.make_node("Gather", ["sh", "i0"], ["n"], axis=0),
+                  helper.make_node("Gather", ["sh", "i1"], ["ch"], axis=0),
+                  helper.make_node("Div", ["ch", "g"], ["per"]),
+                  helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"]),
+                  helper.make_node("Unsqueeze", ["per", "ax0"], ["per1"]),
+                  helper.make_node("Unsqueeze", ["ch", "ax0"], ["ch1"]),
+                  helper.make_node("Concat", ["n1", "g1", "per1", "hw"], ["split_shape"], axis=0),
+                  helper.make_node("Concat", ["n1", "ch1", "hw"], ["merge_shape"], axis=0)]
+        consts.update(i0=np.array(0, np.int64), i1=np.array(1, np.int64), g=np.array(groups, np.int64),
+                      ax0=np.array([0], np.int64), g1=np.array([groups], np.int64), hw=np.array([6, 6], np.int64))
     proto = model([
-        helper.make_node("Conv", ["x", "w1"], ["a"]),
+        helper.make_node("Conv", ["x", "w1"], ["a"]), *shapes,
         helper.make_node("Reshape", ["a", "split_shape"], ["r"]),
         helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3, 4]),
         helper.make_node("Reshape", ["t", "merge_shape"], ["s"]),
         helper.make_node("Conv", ["s", "w2"], ["y"]),
-    ], [("x", ["N", 3, 6, 6])], [("y", ["N", 3, 6, 6])],
-        {"w1": w1, "w2": w2, "split_shape": np.array([0, groups, c // groups, 6, 6], np.int64),
-         "merge_shape": np.array([0, c, 6, 6], np.int64)})
+    ], [("x", ["N", 3, 6, 6])], [("y", ["N", 3, 6, 6])], consts)
     out = prune(proto, 0.25)
     a = conv2d(X, drop(w1, 0, d))
     kept = c - len(d)

@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes import common as ir_common
 
 from graphopt.errors import InputError, PassFailedError
 from graphopt.model_io import load_model
@@ -96,6 +97,7 @@ def prune_channels(model: ir.Model, amount: float, *, criterion: Literal["l1", "
     skipped_layers = resolve_skip(working, skip, skip_first_last)
     if amount == 0.0:
         return ChannelPruneOutcome(model.clone(), [], [], "not needed: nothing removed")
+    ir_common.ShapeInferencePass(strict_mode=False)(working)  # which dims are static (ints) vs dynamic
     probe = run_probe(working)
     plan = ChannelAnalysis(working, probe, skipped_layers).run()
     scores = class_scores(plan, criterion)
