@@ -81,11 +81,13 @@ class ChannelPruneOutcome:
 
 def prune_channels(model: ir.Model, amount: float, *, criterion: Literal["l1", "l2"] = "l2",
                    skip: Collection[str] = (), skip_first_last: bool = True,
-                   min_channels: int = MIN_CHANNELS, verify: bool = True) -> ChannelPruneOutcome:
+                   min_channels: int = MIN_CHANNELS, round_to: int = 1,
+                   verify: bool = True) -> ChannelPruneOutcome:
     """Remove ``amount`` of the channels of every prunable group of ``model`` (module docstring).
 
     ``model`` may also be a path or a ``ModelProto``. ``skip`` names layers (node or weight names) whose output channels stay; ``skip_first_last``
-    adds the first and last weighted layers. Raises :class:`InputError` for a bad ``amount``,
+    adds the first and last weighted layers. ``round_to`` keeps channel counts multiples of it where the
+    group's width allows (:func:`removal_count`). Raises :class:`InputError` for a bad ``amount``,
     ``criterion`` or skip name, :class:`PassFailedError` if the result fails its own checks.
     """
     if not 0.0 <= amount < 1.0:
@@ -101,7 +103,7 @@ def prune_channels(model: ir.Model, amount: float, *, criterion: Literal["l1", "
     probe = run_probe(working)
     plan = ChannelAnalysis(working, probe, skipped_layers).run()
     scores = class_scores(plan, criterion)
-    removed, groups, skipped = _decide(plan, scores, amount, min_channels)
+    removed, groups, skipped = _decide(plan, scores, amount, min_channels, round_to)
     if not removed:
         return ChannelPruneOutcome(model.clone(), [], skipped, "not needed: nothing removed")
     keep = keep_function(plan, removed)
@@ -115,8 +117,19 @@ def prune_channels(model: ir.Model, amount: float, *, criterion: Literal["l1", "
     return ChannelPruneOutcome(working, groups, skipped, exact)
 
 
-def _decide(plan: ChannelPlan, scores: np.ndarray, amount: float,
-            min_channels: int) -> tuple[set[int], list[PrunedGroup], list[SkippedDim]]:
+def removal_count(total: int, prunable: int, amount: float, round_to: int) -> int:
+    """How many of a group's ``prunable`` channels (of ``total``) to remove: ``floor(amount · prunable)``,
+    then fewer so that the kept count is a multiple of ``round_to`` when ``total`` is one (channel counts
+    that are multiples of 8 keep CPU/GPU kernels on their fast paths)."""
+    count = math.floor(amount * prunable + 1e-9)
+    if round_to > 1 and total % round_to == 0 and count:
+        kept = total - count
+        count = total - math.ceil(kept / round_to) * round_to
+    return max(count, 0)
+
+
+def _decide(plan: ChannelPlan, scores: np.ndarray, amount: float, min_channels: int,
+            round_to: int = 1) -> tuple[set[int], list[PrunedGroup], list[SkippedDim]]:
     """Choose the classes to remove, group by group; describe every group."""
     atoms = plan.atoms
     classes: dict[int, set[int]] = defaultdict(set)
@@ -132,7 +145,7 @@ def _decide(plan: ChannelPlan, scores: np.ndarray, amount: float,
     chosen: dict[int, list[int]] = {}
     for group, roots in classes.items():
         prunable = sorted(r for r in roots if not atoms.is_fixed(r))
-        count = math.floor(amount * len(prunable) + 1e-9)
+        count = removal_count(len(roots), len(prunable), amount, round_to)
         if len(prunable) >= min_channels and count > 0:
             order = sorted(prunable, key=lambda r: (scores[r], r))
             chosen[group] = order[:count]

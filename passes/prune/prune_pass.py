@@ -35,6 +35,7 @@ from graphopt.sparse_initializers import STORE_SPARSE_KEY, sparse_bytes
 from graphopt.sparsity import sparsity_key
 
 MODES = ("channel", "unstructured", "2:4")
+ROUND_TO = 8
 """Named modes; any ``N:M`` with 0 < N < M is accepted too."""
 DENSE_NOTE = ("dense kernels do the same work on zeros: latency is unchanged; the zeros pay in "
               "compressed size, with --prune-store sparse, or on sparse hardware")
@@ -61,6 +62,10 @@ class PruneOptions:
     """``sparse``: write unstructured / N:M weights as ONNX sparse initializers where smaller."""
     min_channels: int = MIN_CHANNELS
     """Channel groups with fewer prunable channels stay whole."""
+    round_to: int = ROUND_TO
+    """Channel mode: prune a little less so that kept channel counts stay multiples of this (where the
+    group's width is one). Measured on the ResNet-18-style CNN at 0.3 (ORT CPU, interleaved): 0.66× the
+    fp32 latency with multiples of 8 against 0.81× with the exact amount (45/90/180/359 channels)."""
     min_elements: int = MIN_ELEMENTS
     """Unstructured / N:M: weights with fewer values stay dense."""
 
@@ -78,6 +83,8 @@ class PruneOptions:
         if self.store == "sparse" and self.mode == "channel":
             raise InputError("--prune-store sparse needs zeros to skip: use it with --prune-mode unstructured or 2:4 "
                              "(channel pruning removes channels instead)")
+        if self.round_to < 1 or self.min_channels < 1 or self.min_elements < 1:
+            raise InputError("prune round_to, min_channels and min_elements must be ≥ 1")
         if self.scope == "global" and self.mode != "unstructured":
             raise InputError("--prune-scope global applies to --prune-mode unstructured only")
 
@@ -112,7 +119,8 @@ class PrunePass(GraphoptPass):
     def _channel(self, model: ir.Model) -> GraphoptPassResult:
         options = self.options
         outcome = prune_channels(model, options.amount, criterion=options.criterion, skip=options.skip,
-                                 skip_first_last=options.skip_first_last, min_channels=options.min_channels)
+                                 skip_first_last=options.skip_first_last, min_channels=options.min_channels,
+                                 round_to=options.round_to)
         before_model = prepared_copy(model)
         shapes = mac_shapes(model)
         macs_before = macs_by_node(before_model, shapes)
@@ -189,9 +197,12 @@ def mac_shapes(model: ir.Model) -> dict[str, tuple[int, ...]]:
 
 
 def parameter_count(model: ir.Model) -> int:
-    """Values in the float initializers of the main graph."""
+    """Values of the main graph's weights: float and 8-bit initializers with ≥ 1 dim, plus int32 biases
+    (a quantized model's parameters count like its float original's; shape constants do not)."""
+    kinds = {ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT4, ir.DataType.UINT4, ir.DataType.INT32}
     return int(sum(np.prod(v.const_value.shape.dims) for v in model.graph.initializers.values()
-                   if v.const_value is not None and v.const_value.dtype.is_floating_point()))
+                   if v.const_value is not None and len(v.const_value.shape) >= 1
+                   and (v.const_value.dtype.is_floating_point() or v.const_value.dtype in kinds)))
 
 
 def _total(macs: dict[str, int | None]) -> int:
