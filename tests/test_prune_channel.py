@@ -491,3 +491,39 @@ def test_input_model_is_untouched_and_amount_is_checked():
     assert out.groups and ir.to_proto(original).SerializeToString() == before
     with pytest.raises(InputError, match=r"\[0, 1\)"):
         prune_channels(original, 1.0)
+
+
+def test_unfolded_batch_norm_scores_like_the_folded_conv():
+    """Importance sees γ/σ of an unfolded BN: the channel BN shrinks goes, as it would once folded."""
+    c = 8
+    w1 = weights((c, 3, 3, 3), 1)
+    scale = np.ones(c, np.float32)
+    scale[5] = 1e-3  # channel 5's filter is as large as the others, but BN scales it to almost nothing
+    bn = {"s": scale, "bb": np.zeros(c, np.float32), "m": np.zeros(c, np.float32), "v": np.ones(c, np.float32)}
+    w2 = weights((4, c, 1, 1), 2)
+    unfolded = model([
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("BatchNormalization", ["c1", "s", "bb", "m", "v"], ["bn"]),
+        helper.make_node("Conv", ["bn", "w2"], ["y"]),
+    ], [("x", ["N", 3, 6, 6])], [("y", ["N", 4, 4, 4])], {"w1": w1, **bn, "w2": w2})
+    factor = (scale / np.sqrt(1 + 1e-5)).astype(np.float32)
+    folded = model([helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]), helper.make_node("Conv", ["c1", "w2"], ["y"])],
+                   [("x", ["N", 3, 6, 6])], [("y", ["N", 4, 4, 4])],
+                   {"w1": w1 * factor[:, None, None, None], "b1": np.zeros(c, np.float32), "w2": w2})
+    for proto in (unfolded, folded):
+        out = prune(proto, 1 / c)
+        kept = init_shape(out.model, "w2")
+        assert kept == (4, c - 1, 1, 1)
+        w2_pruned = next(v.const_value.numpy() for n in out.model.graph for v in n.inputs
+                         if v is not None and v.name.startswith("w2_pruned"))
+        np.testing.assert_array_equal(w2_pruned, np.delete(w2, 5, axis=1))
+
+
+@pytest.mark.parametrize("total, prunable, amount, round_to, expected", [
+    (64, 64, 0.3, 1, 19), (64, 64, 0.3, 8, 16), (64, 64, 0.5, 8, 32), (60, 60, 0.3, 8, 18),
+    (16, 12, 0.5, 8, 0), (512, 512, 0.3, 8, 152),
+])
+def test_removal_count_rounds_kept_channels(total, prunable, amount, round_to, expected):
+    from graphopt.passes.prune.channel import removal_count
+
+    assert removal_count(total, prunable, amount, round_to) == expected
