@@ -519,11 +519,14 @@ def test_unfolded_batch_norm_scores_like_the_folded_conv():
         np.testing.assert_array_equal(w2_pruned, np.delete(w2, 5, axis=1))
 
 
-@pytest.mark.parametrize("total, prunable, amount, round_to, expected", [
-    (64, 64, 0.3, 1, 19), (64, 64, 0.3, 8, 16), (64, 64, 0.5, 8, 32), (60, 60, 0.3, 8, 18),
-    (16, 12, 0.5, 8, 0), (512, 512, 0.3, 8, 152),
+@pytest.mark.parametrize("total, prunable, amount, round_to, positions, expected", [
+    (64, 64, 0.3, 1, 1, 19), (64, 64, 0.3, 8, 1, 16), (64, 64, 0.5, 8, 1, 32), (60, 60, 0.3, 8, 1, 18),
+    (512, 512, 0.3, 8, 1, 152),
+    (16, 16, 0.3, 8, 1, 4),     # rounding would keep all 16: pruned unrounded instead
+    (8, 8, 0.3, 8, 32, 2),      # 32 conv groups of 8 kept alike: any kept count gives a multiple of 8
+    (64, 64, 0.3, 8, 6, 16),    # 6 heads of 64: kept 48 × 6 = 288 = 8 · 36 (45 × 6 would not be)
 ])
-def test_removal_count_rounds_kept_channels(total, prunable, amount, round_to, expected):
+def test_removal_count_rounds_the_kept_width(total, prunable, amount, round_to, positions, expected):
     from graphopt.passes.prune.channel import removal_count
 
-    assert removal_count(total, prunable, amount, round_to) == expected
+    assert removal_count(total, prunable, amount, round_to, positions) == expected
