@@ -521,10 +521,12 @@ def test_unfolded_batch_norm_scores_like_the_folded_conv():
 
 @pytest.mark.parametrize("total, prunable, amount, round_to, positions, expected", [
     (64, 64, 0.3, 1, 1, 19), (64, 64, 0.3, 8, 1, 16), (64, 64, 0.5, 8, 1, 32), (60, 60, 0.3, 8, 1, 18),
-    (512, 512, 0.3, 8, 1, 152),
+    (512, 512, 0.3, 8, 1, 152), (128, 128, 0.3, 8, 1, 40),
+    (32, 32, 0.7, 8, 1, 24),    # kept 10 → 8 (nearest), not 16
     (16, 16, 0.3, 8, 1, 4),     # rounding would keep all 16: pruned unrounded instead
+    (64, 40, 0.3, 8, 1, 8),     # only 40 of 64 prunable: 12 removed → kept 52, tie → keep 56
     (8, 8, 0.3, 8, 32, 2),      # 32 conv groups of 8 kept alike: any kept count gives a multiple of 8
-    (64, 64, 0.3, 8, 6, 16),    # 6 heads of 64: kept 48 × 6 = 288 = 8 · 36 (45 × 6 would not be)
+    (64, 64, 0.3, 8, 6, 20),    # 6 heads of 64: kept 44 × 6 = 264 = 8 · 33 (45 × 6 would not be)
 ])
 def test_removal_count_rounds_the_kept_width(total, prunable, amount, round_to, positions, expected):
     from graphopt.passes.prune.channel import removal_count
