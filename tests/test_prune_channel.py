@@ -532,3 +532,25 @@ def test_removal_count_rounds_the_kept_width(total, prunable, amount, round_to, 
     from graphopt.passes.prune.channel import removal_count
 
     assert removal_count(total, prunable, amount, round_to, positions) == expected
+
+
+def test_folded_and_unfolded_models_lose_the_same_channels():
+    """BN after the *reader* scales the rows of the slices it reads: folded or not, the same channel goes."""
+    c = 8
+    w1, w2 = weights((c, 3, 3, 3), 11), weights((6, c, 1, 1), 12)
+    gamma2 = np.array([8, 0.1, 0.1, 0.1, 0.1, 0.1], np.float32)  # row 0 of conv2 dominates once scaled
+    w2[0] *= 0.05
+    w2[0, 2] = 3.0  # channel 2 matters through row 0 only
+    bn2 = {"s2": gamma2, "bb2": np.zeros(6, np.float32), "m2": np.zeros(6, np.float32), "v2": np.ones(6, np.float32)}
+    unfolded = model([
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Conv", ["c1", "w2"], ["c2"]),
+        helper.make_node("BatchNormalization", ["c2", "s2", "bb2", "m2", "v2"], ["y"]),
+    ], [("x", ["N", 3, 6, 6])], [("y", ["N", 6, 4, 4])], {"w1": w1, "w2": w2, **bn2})
+    factor = (gamma2 / np.sqrt(1 + 1e-5)).astype(np.float32)
+    folded = model([helper.make_node("Conv", ["x", "w1"], ["c1"]),
+                    helper.make_node("Conv", ["c1", "w2f", "b2f"], ["y"])],
+                   [("x", ["N", 3, 6, 6])], [("y", ["N", 6, 4, 4])],
+                   {"w1": w1, "w2f": w2 * factor[:, None, None, None], "b2f": np.zeros(6, np.float32)})
+    outputs = [run(prune(proto, 0.5).model, {"x": X})[0] for proto in (unfolded, folded)]
+    close(outputs[0], outputs[1])
