@@ -72,8 +72,7 @@ class BuildOptions:
 
 def check_engine_dir(out_dir: Path, model_path: Path | None) -> None:
     """Refuse an output that is the model, a file, or a non-empty folder that is not an engine directory."""
-    if model_path is not None and (same_file(out_dir, model_path) or model_path.resolve().parent == out_dir.resolve()
-                                   and (out_dir / "model.onnx").resolve() == model_path.resolve()):
+    if model_path is not None and (same_file(out_dir, model_path) or out_dir.resolve() in model_path.resolve().parents):
         raise InputError(f"engine directory {out_dir} would overwrite the input model; choose another -o")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"engine output is a file, not a folder: {out_dir}")
