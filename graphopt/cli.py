@@ -104,6 +104,8 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: P
 
     output = output or default_output_path(model)
     engine_arguments = cli_engines.optimize_arguments(pass_flags, output, target)
+    if target is None and "engine" in engine_arguments:  # --engine trt implies --target trt
+        target = engine_arguments["engine"].target
     check_output_path(output, model)
     if report_path is not None:
         check_output_path(report_path, model)
