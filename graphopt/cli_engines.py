@@ -38,19 +38,10 @@ def parse_batches(text: str | None) -> tuple[int, ...] | None:
 
 def _json_out(data: dict, path: Path | None) -> None:
     """Write JSON atomically to ``path``."""
-    import os
-    import tempfile
+    from graphopt.model_io import write_atomic
 
-    if path is None:
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if path is not None:
+        write_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def _check_writable(path: Path | None, what: str) -> None:

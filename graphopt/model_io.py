@@ -201,6 +201,18 @@ def _atomic_target(output: Path) -> Iterator[Path]:
         raise
 
 
+atomic_target = _atomic_target
+"""Public name for writers that need the temporary path itself (e.g. a plotting library's ``savefig``)."""
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it: never a partial file."""
+    path = Path(path)
+    with _atomic_target(path) as tmp:
+        tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
 def opset_version(model: ir.Model) -> int:
     """The default-domain opset the model imports."""
     return int(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1)))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +49,9 @@ class EngineManifest:
 
     def write(self, directory: Path) -> Path:
         """Write ``directory/engine.json`` atomically."""
-        path = directory / ENGINE_JSON
-        fd, tmp = tempfile.mkstemp(prefix=f".{ENGINE_JSON}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.to_dict(), handle, indent=2, default=str)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from graphopt.model_io import write_atomic
+
+        return write_atomic(directory / ENGINE_JSON, json.dumps(self.to_dict(), indent=2, default=str))
 
     @classmethod
     def read(cls, directory: Path) -> EngineManifest:

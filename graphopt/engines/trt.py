@@ -33,6 +33,7 @@ import onnx
 
 from graphopt.data import InputSpec
 from graphopt.errors import GraphoptError, InputError
+from graphopt.model_io import write_atomic
 from graphopt.target import GpuInfo, cuda_gpus
 
 SPARSITY_KEY_PREFIX = "graphopt.sparsity."
@@ -183,7 +184,7 @@ def build_plan(model_path: Path, out_dir: Path, profile: dict, settings: TrtBuil
     cache_out = bytes(config.get_timing_cache().serialize())
     (out_dir / "timing.cache").write_bytes(cache_out)
     if settings.timing_cache is not None:
-        _write_atomic(settings.timing_cache, cache_out)
+        write_atomic(settings.timing_cache, cache_out)
     return {
         "version": trt.__version__,
         "gpu": {"name": gpu.name, "compute_capability": list(gpu.compute_capability)},
@@ -194,20 +195,6 @@ def build_plan(model_path: Path, out_dir: Path, profile: dict, settings: TrtBuil
         "sparsity_metadata": sparse_tensors,
         "warnings": [m for s, m in logger.messages if s == "WARNING"][:20],
     }
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class TrtEngine:
@@ -297,15 +284,19 @@ class TrtEngine:
         if not self.context.execute_async_v3(self.stream.handle):
             raise RuntimeError(f"TensorRT execution failed: {self._logger.last_error()}")
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = self._cast(feeds)
-        outputs = self._bind(feeds)
+    def _round_trip(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """Inputs to the device, execute, outputs back to ``outputs``, wait for the stream."""
         for name in self.input_names:
             self._buffers[name].upload(feeds[name], self.stream)
         self._execute()
         for name, array in outputs.items():
             self._buffers[name].download(array, self.stream)
         self.stream.synchronize()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = self._cast(feeds)
+        outputs = self._bind(feeds)
+        self._round_trip(feeds, outputs)
         return outputs
 
     def timed_runners(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -320,12 +311,4 @@ class TrtEngine:
             self._execute()
             self.stream.synchronize()
 
-        def host() -> None:
-            for name in self.input_names:
-                self._buffers[name].upload(feeds[name], self.stream)
-            self._execute()
-            for name, array in outputs.items():
-                self._buffers[name].download(array, self.stream)
-            self.stream.synchronize()
-
-        return {"device": device, "host": host}
+        return {"device": device, "host": lambda: self._round_trip(feeds, outputs)}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from graphopt.errors import InputError
+from graphopt.model_io import atomic_target
 from graphopt.profiling.profiler import ProfileResult
 
 PLOT_EXTRA = "pip install 'graphopt[plot]'"
@@ -43,14 +42,9 @@ def write_plot(result: ProfileResult, path: Path) -> Path:
     axes.legend()
     axes.set_title("graphopt profile (interleaved)")
     figure.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
     try:
-        figure.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_target(path) as tmp:
+            figure.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(figure)
     return path
