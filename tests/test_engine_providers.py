@@ -79,6 +79,7 @@ def test_build_for_cuda_exits_2_unless_fallback_is_allowed(model_path, tmp_path)
     assert manifest["ort"]["providers"] == ["CPUExecutionProvider"]  # what really ran, not what was asked
     assert manifest["ort"]["providers_requested"][0] == "CUDAExecutionProvider" and manifest["ort"]["fallback_reason"]
     assert "EP Error" not in allowed.output
+    assert any("EP Error" in line or "Failed" in line for line in manifest["ort"]["provider_log"])  # kept, not shown
     # the engine built with a fallback is refused again when loaded without one
     again = runner.invoke(main, ["profile", str(tmp_path / "e"), "--iters", "2"])
     assert again.exit_code == 2 and "CUDAExecutionProvider did not load" in again.output

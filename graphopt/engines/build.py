@@ -198,6 +198,7 @@ def _build_ort(source_file: Path, staging: Path, options: BuildOptions, profile:
         ort={"providers_requested": list(request.providers),
              "provider_options": [_portable_options(o, staging) for o in request.options],
              "providers": checked.providers, "fallback_reason": checked.fallback_reason,
+             "provider_log": checked.log[:20] if checked.fell_back else [],
              "graph_optimization_level": "all", "saved_model_optimization": "basic",
              "intra_op_num_threads": options.threads or 0},
         created=now())
