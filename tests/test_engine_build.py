@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -31,6 +32,10 @@ def test_build_ort_cpu_engine_and_run_it(model_path, tmp_path):
     result = CliRunner().invoke(main, ["build", str(model_path), "-o", str(out), "--target", "cpu", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["engine.json", "model.onnx"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (out / "engine.json").stat().st_mode & 0o777 == 0o666 & ~umask  # a new file's usual mode, not 0600
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
     manifest = json.loads((out / "engine.json").read_text())
     assert manifest["engine"] == "ort" and manifest["target"]["kind"] == "cpu" and manifest["format"] == 1
     assert manifest["source"]["sha256"] == file_hash(model_path) and manifest["precision"] == "fp32"
@@ -181,3 +186,15 @@ def test_build_options_refuse_impossible_combinations():
         BuildOptions(engine="trt", target="cpu")
     with pytest.raises(InputError, match="unknown engine"):
         BuildOptions(engine="openvino")  # type: ignore[arg-type]
+
+
+def test_atomic_writes_get_a_new_files_usual_mode(tmp_path):
+    from graphopt.model_io import save_model, write_atomic
+    from tests.conftest import conv_bn_model
+
+    umask = os.umask(0o027)
+    try:
+        written = [write_atomic(tmp_path / "a.json", "{}"), save_model(conv_bn_model(), tmp_path / "m.onnx")]
+    finally:
+        os.umask(umask)
+    assert [p.stat().st_mode & 0o777 for p in written] == [0o640, 0o640]  # 0o666 & ~0o027, not mkstemp's 0600

@@ -35,7 +35,14 @@ from graphopt.engines.manifest import ENGINE_JSON, EngineManifest, now
 from graphopt.engines.providers import TrtProviderSettings, create_session, provider_request
 from graphopt.engines.shapes import Profile, check_profile, derive_profile
 from graphopt.errors import InputError
-from graphopt.model_io import PROTOBUF_LIMIT_BYTES, file_hash, load_model, model_hash, same_file
+from graphopt.model_io import (
+    PROTOBUF_LIMIT_BYTES,
+    file_hash,
+    load_model,
+    model_hash,
+    new_file_mode,
+    same_file,
+)
 from graphopt.target import TARGET_KINDS
 from graphopt.versions import library_versions
 
@@ -129,6 +136,7 @@ def build_engine(model: str | os.PathLike | onnx.ModelProto | ir.Model, out_dir:
             manifest = _build_trt(source_file, staging, options, profile, source)
         source_file.unlink()
         manifest.write(staging)
+        os.chmod(staging, new_file_mode(directory=True))  # mkdtemp makes 0700
         _replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
