@@ -10,6 +10,7 @@ valid for them.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 
@@ -92,7 +93,8 @@ class Stream:
 
     def __del__(self) -> None:
         if getattr(self, "_handle", None) is not None and self._handle.value:
-            _driver().cuStreamDestroy_v2(self._handle)
+            with contextlib.suppress(Exception):  # at interpreter exit the driver may be gone already
+                _driver().cuStreamDestroy_v2(self._handle)
             self._handle = ctypes.c_void_p()
 
 
@@ -127,5 +129,6 @@ class DeviceBuffer:
 
     def __del__(self) -> None:
         if getattr(self, "pointer", 0):
-            _driver().cuMemFree_v2(self.pointer)
+            with contextlib.suppress(Exception):
+                _driver().cuMemFree_v2(self.pointer)
             self.pointer = 0
