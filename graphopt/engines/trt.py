@@ -131,7 +131,8 @@ def _logger_class(trt):
 
         def log(self, severity, msg):  # noqa: D102 - TensorRT's callback
             if int(severity) <= int(trt.ILogger.Severity.WARNING):
-                self.messages.append((str(severity).rsplit(".", 1)[-1], msg))
+                name = getattr(severity, "name", None) or str(severity).rsplit(".", 1)[-1]
+                self.messages.append((name, msg))
 
         def last_error(self) -> str:
             errors = [m for s, m in self.messages if s in ("ERROR", "INTERNAL_ERROR")]
