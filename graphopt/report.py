@@ -52,6 +52,10 @@ class Report:
     eval_source: str | None = None
     metric: str = "auto"
     """The metric choice that judged the outputs (per-output kinds are in ``metrics_before``)."""
+    latency: dict[str, Any] | None = None
+    """Original vs optimized latency on this machine (:mod:`graphopt.profiling.speedup`), or why not measured."""
+    engine: dict[str, Any] | None = None
+    """The engine directory built at the end of the pipeline (``--engine``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,10 +93,25 @@ class Report:
             f"{self.total_seconds:.2f}s total" + (f" · eval on {self.eval_source}" if self.eval_source else "")
         )
         console.print(table)
+        _render_latency_and_engine(console, self.latency, self.engine)
         for note in self.notes:
             console.print(f"[dim]note:[/dim] {note}")
         for warning in self.warnings:
             console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _render_latency_and_engine(console: Console, latency: dict[str, Any] | None, engine: dict[str, Any] | None) -> None:
+    if latency:
+        from graphopt.profiling.render import latency_table
+
+        table = latency_table(latency)
+        if table is not None:
+            console.print(table)
+        else:
+            console.print(f"[dim]latency not measured:[/dim] {latency.get('reason', 'skipped')}")
+    if engine:
+        console.print(f"engine: {engine['engine']} for target {engine['target']} in {engine['dir']} "
+                      f"(runs on {', '.join(engine['providers'])})")
 
 
 def _mb(size: int) -> str:
