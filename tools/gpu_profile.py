@@ -59,6 +59,29 @@ def _variants(model: Path, calib: Path, workdir: Path) -> dict[str, Path]:
     return out
 
 
+def _reason(exc: BaseException) -> str:
+    return first_line(exc) if isinstance(exc, GraphoptError) else f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def _rows(model: str, run_name: str, variants: list[str], result) -> list[list[str]]:
+    """Table rows of one interleaved run: device-resident p50, p50 with copies, ratio to fp32 of the
+    same batch and mode ("–" when fp32 is not in the run), GPU memory the engine added."""
+    rows = []
+    by_variant = dict(zip(variants, result.engines))
+    for variant, engine in by_variant.items():
+        for m in engine.measurements:
+            if m.mode != "device":
+                continue
+            copies = next(x for x in engine.measurements if x.batch == m.batch and x.mode == "host")
+            fp32 = by_variant.get("fp32")
+            base = next((x for x in fp32.measurements if x.batch == m.batch and x.mode == "device"), None) if fp32 else None
+            ratio = f"{m.stats.p50_ms / base.stats.p50_ms:.3f}" if base else "–"
+            memory = "–" if engine.gpu_memory_bytes is None else f"{engine.gpu_memory_bytes / 2**20:.0f}"
+            rows.append([model, variant, run_name, str(m.batch), f"{m.stats.p50_ms:.3f}", f"{copies.stats.p50_ms:.3f}",
+                         ratio, memory, ", ".join(engine.providers)])
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=DEFAULT_MODELS)
@@ -81,16 +104,16 @@ def main() -> int:
         try:
             check_provider_loads(provider)
             providers[provider] = None
-        except ProviderUnavailableError as exc:
-            providers[provider] = exc.reason
-            not_run.append(f"onnxruntime {provider} provider: {exc.reason}")
+        except Exception as exc:
+            providers[provider] = exc.reason if isinstance(exc, ProviderUnavailableError) else _reason(exc)
+            not_run.append(f"onnxruntime {provider} provider: {providers[provider]}")
     try:
         from graphopt.engines.trt import import_tensorrt
 
         import_tensorrt()
         plans_possible = None
-    except GraphoptError as exc:
-        plans_possible = first_line(exc)
+    except Exception as exc:
+        plans_possible = _reason(exc)
         not_run.append(f"TensorRT plans: {plans_possible}")
     runnable = plans_possible is None or any(reason is None for reason in providers.values())
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,37 +125,30 @@ def main() -> int:
                 continue
             try:
                 variants = _variants(*files, workdir)
-            except GraphoptError as exc:
-                not_run.append(f"{name}: variants could not be made: {first_line(exc)}")
+            except Exception as exc:  # a check script reports and goes on; it never stops at one model
+                not_run.append(f"{name}: variants could not be made: {_reason(exc)}")
                 continue
-            runs = {f"ort-{p}": (list(variants.values()), p) for p, reason in providers.items() if reason is None}
+            runs = {f"ort-{p}": (dict(variants), p) for p, reason in providers.items() if reason is None}
             if plans_possible is None:
-                plans = []
+                plans = {}
                 for variant, path in variants.items():
+                    plan_dir = workdir / f"{name}.{variant}.plan"
                     try:
-                        build_engine(path, workdir / f"{name}.{variant}.plan", BuildOptions(engine="trt", target="trt",
-                                                                                          batches=batches))
-                        plans.append(workdir / f"{name}.{variant}.plan")
-                    except GraphoptError as exc:
-                        not_run.append(f"{name} {variant}: TensorRT plan not built: {first_line(exc)}")
+                        build_engine(path, plan_dir, BuildOptions(engine="trt", target="trt", batches=batches))
+                        plans[variant] = plan_dir
+                    except Exception as exc:
+                        not_run.append(f"{name} {variant}: TensorRT plan not built: {_reason(exc)}")
                 if plans:
                     runs["trt-plan"] = (plans, None)
             for run_name, (sources, provider) in runs.items():
                 try:
-                    result = profile_engines(sources, ProfileOptions(provider=provider, batches=batches,
-                                                                     iterations=args.iters))
-                except GraphoptError as exc:
-                    not_run.append(f"{name} on {run_name}: {first_line(exc)}")
+                    result = profile_engines(list(sources.values()), ProfileOptions(provider=provider, batches=batches,
+                                                                                   iterations=args.iters))
+                except Exception as exc:
+                    not_run.append(f"{name} on {run_name}: {_reason(exc)}")
                     continue
                 results[f"{name}/{run_name}"] = result.to_dict()
-                for engine, variant in zip(result.engines, variants):
-                    for m in engine.measurements:
-                        if m.mode != "device":
-                            continue
-                        copies = next(x for x in engine.measurements if x.batch == m.batch and x.mode == "host")
-                        rows.append([name, variant, run_name, str(m.batch), f"{m.stats.p50_ms:.3f}",
-                                     f"{copies.stats.p50_ms:.3f}", f"{m.ratio_p50:.3f}",
-                                     f"{(engine.gpu_memory_bytes or 0) / 2**20:.0f}", ", ".join(engine.providers)])
+                rows.extend(_rows(name, run_name, list(sources), result))
     table = markdown_table(["model", "variant", "engine", "batch", "p50 ms (device)", "p50 ms (+copies)", "× fp32",
                             "GPU +MB", "ran on"], rows)
     text = f"GPU: {gpu}\n\n{table if rows else '(no GPU measurement could run)'}\n"
