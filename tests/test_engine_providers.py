@@ -11,6 +11,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from graphopt import target as target_mod
 from graphopt.cli import main
 from graphopt.engines.capture import captured_output
 from graphopt.engines.ort import session_options
@@ -66,11 +67,14 @@ def test_requesting_cuda_here_fails_cleanly_and_the_banner_is_captured(capfd):
 
 
 @no_cuda
-def test_build_for_cuda_exits_2_unless_fallback_is_allowed(model_path, tmp_path):
+def test_build_for_cuda_exits_2_unless_fallback_is_allowed(model_path, tmp_path, monkeypatch):
     runner = CliRunner()
     refused = runner.invoke(main, ["build", str(model_path), "-o", str(tmp_path / "e"), "--target", "cuda"])
     assert refused.exit_code == 2 and "CUDAExecutionProvider did not load" in refused.output
+    assert "no NVIDIA GPU answered" in refused.output  # not even handed to onnxruntime without a GPU
     assert not (tmp_path / "e").exists()
+    # A GPU whose CUDA libraries do not load: onnxruntime tries the provider and prints its banner.
+    monkeypatch.setattr(target_mod, "cuda_gpus", lambda: [target_mod.GpuInfo("Fake GPU", (9, 0))])
     allowed = runner.invoke(main, ["build", str(model_path), "-o", str(tmp_path / "e"), "--target", "cuda",
                                    "--allow-fallback", "--json"])
     assert allowed.exit_code == 0, allowed.output

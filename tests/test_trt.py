@@ -92,6 +92,68 @@ def test_device_buffers_round_trip_and_memory_is_counted():
         buffer.upload(np.zeros(64 << 20, np.float32), stream)
 
 
+def _torch_cuda():
+    """torch when it is installed with CUDA and sees the GPU (a second opinion on ours), else a skip."""
+    torch = pytest.importorskip("torch", reason="needs torch to cross-check the CUDA driver calls")
+    if not torch.cuda.is_available():
+        pytest.skip("torch is installed without CUDA or does not see the GPU")
+    return torch
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_name_capability_and_memory_agree_with_torch():
+    from graphopt.engines import cuda_driver
+
+    torch = _torch_cuda()
+    gpu = cuda_gpus()[0]
+    assert gpu.name == torch.cuda.get_device_name(0)
+    assert gpu.compute_capability == torch.cuda.get_device_capability(0)
+    cuda_driver.memory_in_use()
+    assert cuda_driver.memory_in_use() <= torch.cuda.mem_get_info(0)[1]
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_device_buffers_share_the_cuda_runtimes_context_from_any_thread():
+    """What TensorRT and onnxruntime read from our buffers (they use the runtime API's primary context)."""
+    import threading
+
+    from graphopt.engines import cuda_driver
+
+    torch = _torch_cuda()
+    made = []
+    thread = threading.Thread(target=lambda: made.append(cuda_driver.DeviceBuffer(4 << 20)))
+    thread.start()
+    thread.join()
+    buffer, stream = made[0], cuda_driver.Stream()
+    assert buffer.pointer > 2**32  # device addresses use the full 64 bits
+    data = np.random.default_rng(1).random(1 << 20, dtype=np.float32)
+    buffer.upload(data, stream)
+    stream.synchronize()
+
+    class View:  # CUDA array interface over our pointer, read by torch without a copy
+        __cuda_array_interface__ = {"shape": (1 << 20,), "typestr": "<f4", "data": (buffer.pointer, False), "version": 3}
+
+    shared = torch.as_tensor(View(), device="cuda")
+    np.testing.assert_array_equal(shared.cpu().numpy(), data)
+    shared.mul_(2)
+    torch.cuda.synchronize()
+    back = np.empty_like(data)
+    buffer.download(back, stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(back, 2 * data)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_without_tensorrt_a_gpu_machine_refuses_trt_in_one_line(model_path, tmp_path):
+    result = CliRunner().invoke(main, ["build", str(model_path), "-o", str(tmp_path / "e"), "--engine", "trt"])
+    assert result.exit_code == 2 and "TensorRT is not installed" in result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "e").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not ort_provider_loads("CUDAExecutionProvider"), reason="onnxruntime's CUDA provider does not load here")
 def test_profile_on_cuda_reports_with_and_without_copies(model_path, tmp_path):

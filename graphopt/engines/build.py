@@ -26,7 +26,6 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -183,7 +182,7 @@ def _build_ort(source_file: Path, staging: Path, options: BuildOptions, profile:
 
     from graphopt.engines.ort import session_options
 
-    precision, info = _precision(source_file)
+    precision, _ = _precision(source_file)
     optimized = staging / "model.onnx"
     writer = session_options(options.threads, optimization="basic")
     writer.optimized_model_filepath = str(optimized)
@@ -195,7 +194,7 @@ def _build_ort(source_file: Path, staging: Path, options: BuildOptions, profile:
     if options.target == "trt":
         (staging / "trt_cache").mkdir()
         files["trt_cache"] = "trt_cache"
-        trt_settings = _trt_provider_settings(info, staging / "trt_cache", options, profile, source_file)
+        trt_settings = _trt_provider_settings(staging / "trt_cache", options, profile, source_file)
     request = provider_request(options.target, trt_settings)
     checked = create_session(optimized, request, session_options(options.threads), allow_fallback=options.allow_fallback)
     _warm_up(checked.session, specs, options.batches, profile, data)
@@ -212,13 +211,17 @@ def _build_ort(source_file: Path, staging: Path, options: BuildOptions, profile:
         created=now())
 
 
-def _trt_provider_settings(info: dict, cache_dir: Path, options: BuildOptions, profile: Profile,
+def _trt_provider_settings(cache_dir: Path, options: BuildOptions, profile: Profile,
                            source_file: Path) -> TrtProviderSettings:
+    """The TensorRT provider's settings for a graphopt model. ``trt_fp16_enable`` / ``trt_int8_enable`` stay
+    off whatever the model's precision: the graph already carries it (fp16 tensors, Q/DQ pairs), and with
+    either flag on onnxruntime builds a *weakly* typed network, letting TensorRT run in fp16 the layers
+    graphopt kept in fp32 on purpose (TensorRT 11 removed those builder flags altogether)."""
     from graphopt.engines.trt import sparse_24_tensors
 
     sparse = sparse_24_tensors(onnx.load(str(source_file), load_external_data=False))
     return TrtProviderSettings(
-        fp16=bool(info.get("fp16")), int8=bool(info.get("quantized")), cache_dir=cache_dir,
+        cache_dir=cache_dir,
         workspace_bytes=options.workspace_bytes, builder_optimization_level=options.builder_optimization_level,
         sparsity=bool(sparse),
         profile_shapes={name: (r.min, r.opt, r.max) for name, r in profile.items()} or None)
@@ -256,7 +259,7 @@ def _build_trt(source_file: Path, staging: Path, options: BuildOptions, profile:
     engine = TrtEngine(staging / "model.plan")
     rows = {}
     for name in engine.input_names + engine.output_names:
-        rows[name] = {"name": name, "dtype": str(np.dtype(engine._trt.nptype(engine.engine.get_tensor_dtype(name)))),
+        rows[name] = {"name": name, "dtype": engine.dtype(name).name,
                       "shape": [int(d) for d in engine.engine.get_tensor_shape(name)]}
     section["device_memory_bytes"] = int(getattr(engine.engine, "device_memory_size_v2", 0)
                                          or getattr(engine.engine, "device_memory_size", 0))

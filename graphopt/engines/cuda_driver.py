@@ -5,7 +5,11 @@ without host↔device copies) and for the device's memory in use. The driver lib
 every NVIDIA driver, so this works wherever a GPU is usable; :func:`graphopt.target.cuda_gpus` has
 already asked it whether one is. Work happens in the device's *primary context*, the one the CUDA
 runtime (TensorRT, onnxruntime's CUDA provider) uses, so pointers and streams created here are
-valid for them.
+valid for them. A context is current per thread, so every call that needs one makes it current
+first (:func:`use_device`; cheap): a buffer made in one thread can be used from another.
+
+Every function's ``argtypes`` are declared: without them ctypes passes a Python int as a C ``int``,
+which would cut a 64-bit device pointer (``CUdeviceptr``) or host address to 32 bits.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ def _driver() -> ctypes.CDLL:
     lib.cuStreamSynchronize.argtypes = [ctypes.c_void_p]
     lib.cuStreamDestroy_v2.argtypes = [ctypes.c_void_p]
     lib.cuMemGetInfo_v2.argtypes = [ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+    lib.cuDeviceGet.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int]
     lib.cuDevicePrimaryCtxRetain.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
     lib.cuCtxSetCurrent.argtypes = [ctypes.c_void_p]
+    lib.cuInit.argtypes = [ctypes.c_uint]
     _check(lib, lib.cuInit(0), "cuInit")
     return lib
 
@@ -53,14 +59,20 @@ def _check(lib: ctypes.CDLL, status: int, call: str) -> None:
 
 
 @functools.cache
-def use_device(index: int = 0) -> int:
-    """Make device ``index``'s primary context current (retained for the process); returns its handle."""
+def _primary_context(index: int) -> ctypes.c_void_p:
+    """Device ``index``'s primary context, retained once for the process."""
     lib = _driver()
     device = ctypes.c_int(0)
     _check(lib, lib.cuDeviceGet(ctypes.byref(device), index), "cuDeviceGet")
     context = ctypes.c_void_p()
     _check(lib, lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), device), "cuDevicePrimaryCtxRetain")
-    _check(lib, lib.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+    return context
+
+
+def use_device(index: int = 0) -> int:
+    """Make device ``index``'s primary context current in this thread; returns its handle."""
+    context = _primary_context(index)
+    _check(_driver(), _driver().cuCtxSetCurrent(context), "cuCtxSetCurrent")
     return int(context.value or 0)
 
 
@@ -89,11 +101,13 @@ class Stream:
 
     def synchronize(self) -> None:
         lib = _driver()
+        use_device()
         _check(lib, lib.cuStreamSynchronize(self._handle), "cuStreamSynchronize")
 
     def __del__(self) -> None:
         if getattr(self, "_handle", None) is not None and self._handle.value:
             with contextlib.suppress(Exception):  # at interpreter exit the driver may be gone already
+                use_device()  # finalizers run in whichever thread collects
                 _driver().cuStreamDestroy_v2(self._handle)
             self._handle = ctypes.c_void_p()
 
@@ -110,8 +124,11 @@ class DeviceBuffer:
         self.pointer = int(pointer.value)
 
     def upload(self, array: np.ndarray, stream: Stream) -> None:
+        """Copy ``array`` in, ordered on ``stream``. From pageable memory the driver stages the bytes before
+        returning, so ``array`` may be freed at once; the device copy is complete at the stream's next sync."""
         array = np.ascontiguousarray(array)
         self._fits(array)
+        use_device()
         _check(_driver(), _driver().cuMemcpyHtoDAsync_v2(self.pointer, array.ctypes.data, array.nbytes,
                                                          ctypes.c_void_p(stream.handle)), "cuMemcpyHtoDAsync")
 
@@ -120,6 +137,7 @@ class DeviceBuffer:
         if not array.flags.c_contiguous:
             raise ValueError("download target must be C-contiguous")
         self._fits(array)
+        use_device()
         _check(_driver(), _driver().cuMemcpyDtoHAsync_v2(array.ctypes.data, self.pointer, array.nbytes,
                                                          ctypes.c_void_p(stream.handle)), "cuMemcpyDtoHAsync")
 
@@ -130,5 +148,6 @@ class DeviceBuffer:
     def __del__(self) -> None:
         if getattr(self, "pointer", 0):
             with contextlib.suppress(Exception):
+                use_device()
                 _driver().cuMemFree_v2(self.pointer)
             self.pointer = 0

@@ -22,6 +22,7 @@ import numpy as np
 from graphopt.data import InputSpec
 from graphopt.engines.manifest import ENGINE_JSON, EngineManifest, check_compatible
 from graphopt.engines.providers import (
+    GPU_PROVIDERS,
     PROVIDER_NAMES,
     TrtProviderSettings,
     create_session,
@@ -30,8 +31,6 @@ from graphopt.engines.providers import (
 from graphopt.engines.shapes import Profile, ShapeRange
 from graphopt.errors import InputError
 from graphopt.model_io import load_proto
-
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 @dataclasses.dataclass
@@ -125,11 +124,19 @@ def _open_ort_dir(path: Path, manifest: EngineManifest, label: str, threads: int
         raise InputError(f"{path / ENGINE_JSON}: no provider list recorded; rebuild the engine")
     request = ProviderRequest(manifest.target.get("kind", "cpu"), providers, options)
     threads = threads if threads is not None else (recorded.get("intra_op_num_threads") or None)
-    checked = create_session(path / manifest.files["model"], request,
+    checked = create_session(path / _file(manifest, path, "model"), request,
                              session_options(threads, recorded.get("graph_optimization_level", "all"), spinning=spinning),
                              allow_fallback=allow_fallback)
     return OpenedEngine(label, "ort", OrtEngine(checked.session, checked.providers), request.target, checked.providers,
                         checked.fallback_reason, _profile(manifest), manifest=manifest)
+
+
+def _file(manifest: EngineManifest, path: Path, role: str) -> str:
+    """The file engine.json lists for ``role`` (one line when it lists none)."""
+    name = manifest.files.get(role)
+    if not name:
+        raise InputError(f"{path / ENGINE_JSON}: no {role} file listed for a {manifest.engine} engine; rebuild it")
+    return name
 
 
 def _absolute_options(options: dict[str, str], directory: Path) -> dict[str, str]:
@@ -147,5 +154,5 @@ def _open_trt(path: Path, manifest: EngineManifest, label: str) -> OpenedEngine:
     gpus = cuda_gpus()
     warnings = check_compatible(manifest, tensorrt_version(),
                                 (gpus[0].name, gpus[0].compute_capability) if gpus else None)
-    engine = TrtEngine(path / manifest.files["plan"])
+    engine = TrtEngine(path / _file(manifest, path, "plan"))
     return OpenedEngine(label, "trt", engine, "trt", engine.providers, None, engine.profile(), warnings, manifest)

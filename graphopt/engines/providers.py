@@ -5,10 +5,15 @@ Providers and options per target:
 * ``cpu`` → ``CPUExecutionProvider``;
 * ``cuda`` → ``CUDAExecutionProvider`` (cuDNN convolution algorithm search ``EXHAUSTIVE``) then CPU for
   the nodes CUDA has no kernel for;
-* ``trt`` → ``TensorrtExecutionProvider`` (fp16 / int8 enabled when the model carries fp16 tensors / Q-DQ
-  pairs, engine and timing caches in a folder the caller names, workspace limit, builder optimization
-  level, optimization profiles for dynamic inputs, sparsity when the model carries 2:4 metadata), then
-  CUDA, then CPU.
+* ``trt`` → ``TensorrtExecutionProvider`` (engine and timing caches in a folder the caller names,
+  workspace limit, builder optimization level, optimization profiles for dynamic inputs, sparsity when
+  the model carries 2:4 metadata; ``trt_fp16_enable`` / ``trt_int8_enable`` off, so onnxruntime builds a
+  strongly typed network that keeps the precision graphopt's passes wrote into the graph), then CUDA,
+  then CPU.
+
+Without an NVIDIA GPU answering through the CUDA driver, the CUDA and TensorRT providers are not even
+handed to onnxruntime (creating them touches CUDA and TensorRT, which is only done after a GPU answered);
+they count as not loaded, with that reason.
 
 onnxruntime falls back to the next provider without raising when one cannot load (no GPU, missing
 CUDA or TensorRT libraries), printing an "EP Error" banner on stdout and log lines on stderr.
@@ -34,6 +39,8 @@ PROVIDER_NAMES = {
 }
 """Short provider names used on the command line → onnxruntime's names."""
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
 DEFAULT_TRT_WORKSPACE = 4 << 30
 """TensorRT workspace limit (bytes) when the caller gives none."""
 
@@ -53,7 +60,10 @@ class TrtProviderSettings:
     """What the TensorRT execution provider is told (see the module docstring)."""
 
     fp16: bool = False
+    """``trt_fp16_enable``: TensorRT may run fp32 layers in fp16 (a weakly typed network). graphopt's own
+    builds leave it off: its fp16 models carry fp16 in the graph, and its fallback layers must stay fp32."""
     int8: bool = False
+    """``trt_int8_enable``: implicit int8 (weakly typed); off for graphopt's Q/DQ models (explicit quantization)."""
     cache_dir: Path | None = None
     """Engine and timing caches go here; ``None``: no caches."""
     workspace_bytes: int = DEFAULT_TRT_WORKSPACE
@@ -149,10 +159,13 @@ def create_session(model: bytes | str | Path, request: ProviderRequest, session_
     """
     import onnxruntime as ort
 
+    from graphopt.target import cuda_gpus
+
     source = str(model) if isinstance(model, Path) else model
     available = set(ort.get_available_providers())
-    providers = [p for p in request.providers if p in available] or ["CPUExecutionProvider"]
-    options = [o for p, o in zip(request.providers, request.options) if p in available] or [{}]
+    usable = available if cuda_gpus() else available - set(GPU_PROVIDERS)
+    providers = [p for p in request.providers if p in usable] or ["CPUExecutionProvider"]
+    options = [o for p, o in zip(request.providers, request.options) if p in usable] or [{}]
     with captured_output() as captured:
         session = ort.InferenceSession(source, session_options, providers=list(zip(providers, options)))
     loaded = list(session.get_providers())

@@ -6,17 +6,20 @@ process down instead of raising.
 
 Build (:func:`build_plan`), with the TensorRT 10 Python API:
 
-* a **strongly typed** network parsed from the ONNX file (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``):
+* a **strongly typed** network parsed from the ONNX file (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``
+  on TensorRT 10; TensorRT 11 keeps the flag but ignores it, every network being strongly typed there):
   tensor types come from the graph — fp16 where graphopt's fp16 pass put fp16, int8 exactly where its
   int8 pass put Q/DQ pairs (explicit quantization). The implicit ``FP16``/``INT8`` builder flags are
-  deprecated and not allowed on such a network;
+  deprecated in TensorRT 10, removed in 11, and not allowed on such a network;
 * one optimization profile covering every dynamic input (:mod:`graphopt.engines.shapes`);
 * a timing cache, loaded from and saved back to a file, so a rebuild skips the kernel timings it has;
 * ``builder_optimization_level`` (0–5, TensorRT's default 3) and a workspace limit;
 * ``SPARSE_WEIGHTS`` when the model's metadata lists 2:4-sparse initializers (:func:`sparse_24_tensors`).
 
 Load (:class:`TrtEngine`): ``engine.json`` is checked against this machine's TensorRT version and GPU
-before the plan is deserialized (:func:`graphopt.engines.manifest.check_compatible`).
+before the plan is deserialized (:func:`graphopt.engines.manifest.check_compatible`). I/O tensors are
+numpy arrays of the engine's types (:func:`numpy_dtype`: bf16 and fp8 through ``ml_dtypes``, which
+``trt.nptype`` does not map); every TensorRT call that reports failure by its return value is checked.
 """
 
 from __future__ import annotations
@@ -51,6 +54,12 @@ class EngineBuildError(GraphoptError):
     exit_code = 1
 
 
+class EngineRunError(GraphoptError):
+    """TensorRT could not run a loaded engine (exit 1)."""
+
+    exit_code = 1
+
+
 def require_gpu() -> GpuInfo:
     """The first GPU the CUDA driver reports; raises before any TensorRT object exists when there is none."""
     gpus = cuda_gpus()
@@ -61,17 +70,23 @@ def require_gpu() -> GpuInfo:
 
 
 def tensorrt_version() -> str | None:
-    """The installed TensorRT's version without importing it (``None`` when absent)."""
+    """The installed TensorRT's version (``None`` when absent), as ``tensorrt.__version__`` says.
+
+    That is the string a build records in engine.json and the version a plan must match. With a GPU the
+    module is imported to read it (the meta-package's metadata can name another version than the
+    bindings that really load); without one only package metadata is read — no TensorRT import."""
     if importlib.util.find_spec("tensorrt") is None:
         return None
+    if cuda_gpus():
+        return import_tensorrt().__version__
     from importlib import metadata
 
-    for name in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11", "tensorrt_libs"):
+    for name in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"):
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return import_tensorrt().__version__
+    return "unknown"
 
 
 def import_tensorrt():
@@ -81,6 +96,28 @@ def import_tensorrt():
         return importlib.import_module("tensorrt")
     except ImportError as exc:
         raise EngineUnavailableError(f"TensorRT is not installed ({exc}); pip install 'graphopt[trt]'") from exc
+
+
+_NUMPY_TYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "UINT8": "uint8", "INT32": "int32",
+                "INT64": "int64", "BOOL": "bool", "BF16": "bfloat16", "FP8": "float8_e4m3fn"}
+"""TensorRT ``DataType`` name → numpy type name. ``trt.nptype`` maps only the first seven ("fp8 and bfloat16
+have no equivalent numpy type") and raises ``TypeError`` for the rest; bf16 and fp8 (E4M3, TensorRT's only
+FP8) come from ``ml_dtypes`` (an onnx dependency). INT4 and FP4 are packed two to a byte and E8M0 is a
+scale type: no numpy array can hold them as I/O, so :func:`numpy_dtype` refuses them with one line."""
+
+
+def numpy_dtype(trt_dtype, tensor: str = "") -> np.dtype:
+    """The numpy dtype of a TensorRT I/O tensor of type ``trt_dtype`` (see :data:`_NUMPY_TYPES`)."""
+    name = getattr(trt_dtype, "name", None) or str(trt_dtype).rsplit(".", 1)[-1]
+    numpy_name = _NUMPY_TYPES.get(name)
+    if numpy_name is None:
+        raise InputError(f"engine tensor {tensor or '(unnamed)'} has TensorRT type {name}, which graphopt cannot feed or read "
+                         "as a numpy array; keep this tensor in a wider type at the model's inputs/outputs")
+    if numpy_name in ("bfloat16", "float8_e4m3fn"):
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, numpy_name))
+    return np.dtype(numpy_name)
 
 
 def sparse_24_tensors(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -141,6 +178,13 @@ def _logger_class(trt):
     return CapturingLogger
 
 
+def network_flags(trt) -> int:
+    """``create_network`` flags: strongly typed. TensorRT 11 keeps ``STRONGLY_TYPED`` only for compatibility
+    (every network is strongly typed there); should a later release drop the name, 0 means the same."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
 def build_plan(model_path: Path, out_dir: Path, profile: dict, settings: TrtBuildSettings,
                sparse_tensors: dict[str, list[str]]) -> dict[str, Any]:
     """Build ``out_dir/model.plan`` (+ ``timing.cache``) from ``model_path``; returns engine.json's
@@ -148,8 +192,12 @@ def build_plan(model_path: Path, out_dir: Path, profile: dict, settings: TrtBuil
     gpu = require_gpu()
     trt = import_tensorrt()
     logger = _logger_class(trt)()
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    try:
+        builder = trt.Builder(logger)
+    except (TypeError, RuntimeError) as exc:  # pybind: "factory function returned nullptr" (no usable CUDA)
+        raise EngineUnavailableError(f"TensorRT cannot create a builder on {gpu.name}: "
+                                     f"{logger.last_error() if logger.messages else exc}") from exc
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(model_path)):
         errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
@@ -159,9 +207,13 @@ def build_plan(model_path: Path, out_dir: Path, profile: dict, settings: TrtBuil
     config.builder_optimization_level = settings.builder_optimization_level
     if sparse_tensors:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    warnings = []
     cache_bytes = settings.timing_cache.read_bytes() if settings.timing_cache and settings.timing_cache.is_file() else b""
     timing_cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    if not config.set_timing_cache(timing_cache, ignore_mismatch=False):
+        # A cache from another GPU or TensorRT version: TensorRT refuses it; start from an empty one.
+        warnings.append(f"timing cache {settings.timing_cache} does not match this GPU/TensorRT; started an empty one")
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     optimization_profile = None
     for index in range(network.num_inputs):
@@ -194,7 +246,7 @@ def build_plan(model_path: Path, out_dir: Path, profile: dict, settings: TrtBuil
         "workspace_bytes": settings.workspace_bytes,
         "sparse_weights": bool(sparse_tensors),
         "sparsity_metadata": sparse_tensors,
-        "warnings": [m for s, m in logger.messages if s == "WARNING"][:20],
+        "warnings": (warnings + [m for sev, m in logger.messages if sev == "WARNING"])[:20],
     }
 
 
@@ -204,6 +256,11 @@ class TrtEngine:
     ``run(feeds)`` copies inputs to the device, executes, and copies outputs back. For profiling,
     :meth:`timed_runners` gives a ``device`` callable (inputs already on the device, execute + sync)
     and a ``host`` callable (host→device copies, execute, device→host copies, sync).
+
+    Order of the TensorRT 10 name-based I/O calls (``execute_async_v3``): every input's shape is set
+    (``set_input_shape``) before any output shape is read (``get_tensor_shape``), then every tensor's
+    device address is set (``set_tensor_address``); buffers are only replaced after the stream has been
+    synchronized, and the context's addresses are updated before the next execution.
     """
 
     kind = "trt"
@@ -216,16 +273,27 @@ class TrtEngine:
         cuda_driver.use_device(0)
         self._trt = trt
         self._logger = _logger_class(trt)()
-        self._runtime = trt.Runtime(self._logger)
+        try:
+            self._runtime = trt.Runtime(self._logger)
+        except (TypeError, RuntimeError) as exc:  # pybind: "factory function returned nullptr"
+            raise EngineUnavailableError(f"TensorRT cannot create a runtime on {gpu.name}: {exc}") from exc
         self.engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
         if self.engine is None:
             raise InputError(f"TensorRT cannot load {plan_path} on {gpu.name}: {self._logger.last_error()} "
                              "(built for another GPU or TensorRT version? rebuild with `graphopt build`)")
-        self.context = self.engine.create_execution_context()
-        self.stream = cuda_driver.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        shape_tensors = [n for n in self.input_names if self.engine.is_shape_inference_io(n)]
+        if shape_tensors:  # their values live in host memory; this runner binds device buffers only
+            raise InputError(f"engine input(s) {', '.join(shape_tensors)} are shape tensors (values that set "
+                             "shapes), which graphopt's TensorRT runner does not feed; make them constants")
+        self._dtypes = {n: numpy_dtype(self.engine.get_tensor_dtype(n), repr(n)) for n in names}
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise InputError(f"TensorRT cannot create an execution context for {plan_path} on {gpu.name}: "
+                             f"{self._logger.last_error()} (out of GPU memory?)")
+        self.stream = cuda_driver.Stream()
         self.providers = [f"TensorRT {trt.__version__}"]
         self._buffers: dict[str, Any] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
@@ -235,8 +303,12 @@ class TrtEngine:
         specs = []
         for name in self.input_names:
             dims = tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(name))
-            specs.append(InputSpec(name, np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name))), dims))
+            specs.append(InputSpec(name, self._dtypes[name], dims))
         return specs
+
+    def dtype(self, name: str) -> np.dtype:
+        """The numpy dtype of I/O tensor ``name`` (:func:`numpy_dtype`)."""
+        return self._dtypes[name]
 
     def profile(self) -> dict:
         """The engine's optimization profile 0 as ``{input: ShapeRange}`` (dynamic inputs only)."""
@@ -256,34 +328,38 @@ class TrtEngine:
 
         check_within(self.profile(), {n: feeds[n].shape for n in self.input_names})
         for name in self.input_names:
-            self.context.set_input_shape(name, tuple(feeds[name].shape))
+            shape = tuple(feeds[name].shape)
+            if not self.context.set_input_shape(name, shape):
+                expected = tuple(d if d >= 0 else "N" for d in self.engine.get_tensor_shape(name))
+                raise InputError(f"input {name!r} of shape {shape} does not fit the engine's input {expected}: "
+                                 f"{self._logger.last_error()}")
         outputs = {}
         for name in self.input_names + self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise InputError(f"output {name!r} has a data-dependent shape {shape}; graphopt's TensorRT runner "
                                  "needs shapes known from the inputs")
-            dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
+            dtype = self._dtypes[name]
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             buffer = self._buffers.get(name)
             if buffer is None or buffer.nbytes < nbytes:
                 buffer = self._buffers[name] = cuda_driver.DeviceBuffer(nbytes)
-            self.context.set_tensor_address(name, buffer.pointer)
+            if not self.context.set_tensor_address(name, buffer.pointer):
+                raise EngineRunError(f"TensorRT refused the device address of {name!r}: {self._logger.last_error()}")
             self._shapes[name] = shape
             if name in self.output_names:
                 outputs[name] = np.empty(shape, dtype)
         return outputs
 
     def _cast(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        specs = {s.name: s for s in self.input_specs}
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise InputError(f"no data for engine input(s) {', '.join(missing)}")
-        return {n: np.ascontiguousarray(feeds[n], dtype=specs[n].dtype) for n in self.input_names}
+        return {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in self.input_names}
 
     def _execute(self) -> None:
         if not self.context.execute_async_v3(self.stream.handle):
-            raise RuntimeError(f"TensorRT execution failed: {self._logger.last_error()}")
+            raise EngineRunError(f"TensorRT execution failed: {self._logger.last_error()}")
 
     def _round_trip(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         """Inputs to the device, execute, outputs back to ``outputs``, wait for the stream."""
@@ -295,10 +371,12 @@ class TrtEngine:
         self.stream.synchronize()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs for ``feeds``; bf16 / fp8 outputs come back as float32 (same values) for comparisons."""
         feeds = self._cast(feeds)
         outputs = self._bind(feeds)
         self._round_trip(feeds, outputs)
-        return outputs
+        return {name: array.astype(np.float32) if array.dtype.kind == "V" else array
+                for name, array in outputs.items()}
 
     def timed_runners(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         """``{"device": execute only, "host": copies + execute}`` for ``feeds`` (bound once here)."""

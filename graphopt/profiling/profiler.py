@@ -163,7 +163,8 @@ def open_engines(sources: Sequence[str | os.PathLike], options: ProfileOptions, 
         engine = open_engine(source, options.provider, threads=threads, allow_fallback=options.allow_fallback,
                              spinning=False, label=label)
         gpu_after = memory.gpu_memory_in_use()
-        gpu_added = gpu_after - gpu_before if gpu_before is not None and gpu_after is not None else None
+        measured = engine.on_gpu and gpu_before is not None and gpu_after is not None
+        gpu_added = gpu_after - gpu_before if measured else None  # a CPU engine on a GPU machine: not its memory
         opened.append((engine, memory.rss_bytes() - rss_before, gpu_added))
     return opened
 

@@ -5,6 +5,11 @@
   inputs and device→host copies of the outputs included); ``device`` = IO binding with the inputs
   uploaded once to device ``OrtValue`` s and the outputs left on the device — the model's time alone.
 * TensorRT: :meth:`graphopt.engines.trt.TrtEngine.timed_runners` (same two modes, own device buffers).
+
+Every runner returns only when the GPU work is done, so the timer reads finished work: ``session.run``
+copies the outputs back; ``run_with_iobinding`` synchronizes the providers' streams before returning
+(onnxruntime's run option ``disable_synchronize_execution_providers`` is ``"0"`` unless set, and it is
+never set here); the TensorRT runners synchronize their stream.
 """
 
 from __future__ import annotations
