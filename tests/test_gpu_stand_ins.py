@@ -10,6 +10,7 @@ import importlib
 import json
 import sys
 import threading
+import types
 
 import numpy as np
 import onnx
@@ -54,8 +55,9 @@ def _install(monkeypatch, trt) -> list[str]:
     """Put ``trt`` in place of ``tensorrt``; returns the list of modules graphopt imported by name."""
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     imported = []
-    real = importlib.import_module
-    monkeypatch.setattr(trt_mod.importlib, "import_module", lambda name, *a: imported.append(name) or real(name, *a))
+    real = importlib.import_module  # trt.py's own view of importlib: patching importlib itself would leak
+    monkeypatch.setattr(trt_mod, "importlib", types.SimpleNamespace(
+        util=importlib.util, import_module=lambda name, *a: imported.append(name) or real(name, *a)))
     return imported
 
 

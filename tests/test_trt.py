@@ -5,8 +5,10 @@ a reason; tools/gpu_check.sh runs it on a GPU machine."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import types
 
 import numpy as np
 import onnx
@@ -38,8 +40,10 @@ def test_gpu_detection_says_no_gpu_without_crashing():
 @no_gpu
 def test_trt_engine_is_refused_before_any_tensorrt_object(model_path, tmp_path, monkeypatch):
     imported = []
-    original = trt_mod.importlib.import_module
-    monkeypatch.setattr(trt_mod.importlib, "import_module", lambda name: imported.append(name) or original(name))
+    real = importlib.import_module  # recorded for trt.py alone: patching importlib itself leaks into
+    monkeypatch.setattr(trt_mod, "importlib",  # whatever binds import_module while the test runs
+                        types.SimpleNamespace(util=importlib.util,
+                                              import_module=lambda name, *a: imported.append(name) or real(name, *a)))
     result = CliRunner().invoke(main, ["build", str(model_path), "-o", str(tmp_path / "e"), "--engine", "trt"])
     assert result.exit_code == 2 and "TensorRT needs an NVIDIA GPU" in result.output
     assert imported == [] and not (tmp_path / "e").exists()
