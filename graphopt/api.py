@@ -36,6 +36,7 @@ from graphopt.verify import MetricChoice, check_metric_choice
 from graphopt.versions import library_versions
 
 if TYPE_CHECKING:
+    from graphopt.engines.build import BuildOptions
     from graphopt.passes.fp16 import Fp16Options
     from graphopt.passes.int8 import Int8Options
     from graphopt.passes.prune import PruneOptions
@@ -75,6 +76,9 @@ def optimize(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     keep_best: bool = False,
+    latency_budget: float | None = None,
+    engine: BuildOptions | None = None,
+    engine_dir: str | os.PathLike | None = None,
 ) -> OptimizeResult:
     """Optimize ``model`` and return the new model with its report.
 
@@ -86,6 +90,11 @@ def optimize(
     written atomically (never over the input) unless the accuracy budget is missed — then only with
     ``keep_best`` (or a pass whose options set ``keep_best``), and ``passed`` stays False. Raises
     :class:`~graphopt.errors.GraphoptError` subclasses for bad input.
+
+    ``latency_budget``: seconds to time the original and the optimized model interleaved when the
+    target is this machine (report ``latency``; ``0`` skips it; ``None``: ``$GRAPHOPT_LATENCY_BUDGET``
+    or 2 s). ``engine`` (with ``engine_dir``) ends the run with an engine build of the written model
+    (:func:`graphopt.engines.build.build_engine`; report ``engine``); it is checked before any pass runs.
     """
     started = time.perf_counter()
     input_path = Path(model) if isinstance(model, str | os.PathLike) else None
@@ -107,6 +116,16 @@ def optimize(
     chosen_metric = metric if metric is not None else pipeline.metric
     if budget is not None and budget < 0:
         raise InputError(f"--max-accuracy-drop must be ≥ 0 percentage points, got {budget}")
+
+    if latency_budget is not None and latency_budget < 0:
+        raise InputError(f"latency budget must be ≥ 0 seconds, got {latency_budget}")
+    if engine is not None:
+        from graphopt.engines.build import check_engine_dir, preflight
+
+        if engine_dir is None or output_path is None:
+            raise InputError("an engine build needs an output model path and an engine directory")
+        check_engine_dir(Path(engine_dir), input_path)
+        preflight(engine)
 
     loaded = load_model(model)
     source_model = loaded.clone() if not isinstance(model, str | os.PathLike) else loaded
@@ -140,6 +159,17 @@ def optimize(
     if output_path is not None and (passed or keep_best):
         written = save_model(result.model, output_path, input_path=input_path)
 
+    latency = _latency(source_model, result.model, resolved, latency_budget, evaluation)
+    engine_summary = None
+    if engine is not None and written is not None:
+        from graphopt.engines.build import build_engine
+
+        manifest = build_engine(written, Path(engine_dir), engine, data=evaluation)
+        runtime = manifest.ort or {}
+        engine_summary = {"dir": str(engine_dir), "engine": manifest.engine, "target": manifest.target.get("kind"),
+                          "providers": runtime.get("providers") or [f"TensorRT {(manifest.tensorrt or {}).get('version')}"],
+                          "fallback_reason": runtime.get("fallback_reason"), "precision": manifest.precision}
+
     reference_metrics = None
     if comparison is not None:
         reference_metrics = {m.output: {"kind": m.kind, "value": m.reference_value} for m in comparison.metrics}
@@ -161,8 +191,21 @@ def optimize(
         quality_gate=gate,
         eval_source=result.comparison_data.source if result.comparison_data else None,
         metric=chosen_metric,
+        latency=latency,
+        engine=engine_summary,
     )
     return OptimizeResult(result.model, report, written, passed)
+
+
+def _latency(original: ir.Model, optimized: ir.Model, target: Target, budget: float | None,
+             evaluation: DataSet | None) -> dict | None:
+    """The report's latency rows (:func:`graphopt.profiling.speedup.measure_speedup`), ``None`` when off."""
+    from graphopt.profiling.speedup import default_budget, measure_speedup
+
+    budget = default_budget() if budget is None else budget
+    if budget == 0:
+        return None
+    return measure_speedup(original, optimized, target, budget, evaluation)
 
 
 def shortcut_passes(int8: Int8Options | bool | None, fp16: Fp16Options | bool | None,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from graphopt import cli_engines
 from graphopt.target import TARGET_KINDS
 from graphopt.verify import METRIC_CHOICES
 
@@ -87,6 +88,7 @@ def _with_pass_flags(command):
 @click.option("--config", type=click.Path(path_type=Path), help="Pipeline file (YAML or JSON) listing passes and options.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Pass-result cache [default: $GRAPHOPT_CACHE_DIR or ~/.cache/graphopt].")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the pass-result cache.")
+@cli_engines.with_optimize_options
 @click.pass_context
 def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: Path | None,
              eval_data: Path | None, target: str | None, max_accuracy_drop: float | None, metric: str | None,
@@ -101,6 +103,9 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: P
     from graphopt.target import make_target
 
     output = output or default_output_path(model)
+    engine_arguments = cli_engines.optimize_arguments(pass_flags, output, target)
+    if target is None and "engine" in engine_arguments:  # --engine trt implies --target trt
+        target = engine_arguments["engine"].target
     check_output_path(output, model)
     if report_path is not None:
         check_output_path(report_path, model)
@@ -122,7 +127,7 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: P
     stderr.print(f"target: {resolved.describe()}" + ("" if pipeline.target else " (pass --target in deployment pipelines)"))
     result = run_optimize(model, output, pipeline=pipeline, calib_data=calib_data, eval_data=eval_data,
                           target=resolved, max_accuracy_drop=max_accuracy_drop, metric=metric,
-                          cache=not no_cache, cache_dir=cache_dir)
+                          cache=not no_cache, cache_dir=cache_dir, **engine_arguments)
     if report_path is not None:
         result.report.write_json(report_path)
     if as_json:
@@ -174,6 +179,8 @@ def inspect(model: Path, shapes: tuple[str, ...], as_json: bool) -> None:
     else:
         render_inspection(info, report_console())
 
+
+cli_engines.register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -687,3 +687,8 @@ def _macs_line(macs: dict[str, Any], inputs: list[dict[str, Any]]) -> str:
     if macs["in_subgraphs"]:
         text += f"; {_human(macs['in_subgraphs'])} inside subgraphs"
     return text
+
+
+def model_precision(model: ir.Model) -> dict[str, Any]:
+    """The ``precision`` section of :func:`inspect_model` alone (quantized? fp16/bf16? one-word summary)."""
+    return _precision(model, op_histogram(model), _weights(model))

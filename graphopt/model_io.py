@@ -203,11 +203,37 @@ def _atomic_target(output: Path) -> Iterator[Path]:
     tmp_path = Path(name)
     try:
         yield tmp_path
+        os.chmod(tmp_path, new_file_mode())  # mkstemp makes 0600; the result gets a new file's usual mode
         os.replace(tmp_path, output)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def new_file_mode(directory: bool = False) -> int:
+    """The mode a new file (or folder) gets under this process's umask: ``0o666 & ~umask`` (``0o777`` for folders)."""
+    umask = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                umask = int(line.split()[1], 8)
+    if umask is None:  # not Linux: read it by setting it (and putting it back at once)
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+atomic_target = _atomic_target
+"""Public name for writers that need the temporary path itself (e.g. a plotting library's ``savefig``)."""
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it: never a partial file."""
+    path = Path(path)
+    with _atomic_target(path) as tmp:
+        tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
 
 
 def opset_version(model: ir.Model) -> int:

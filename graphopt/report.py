@@ -52,6 +52,10 @@ class Report:
     eval_source: str | None = None
     metric: str = "auto"
     """The metric choice that judged the outputs (per-output kinds are in ``metrics_before``)."""
+    latency: dict[str, Any] | None = None
+    """Original vs optimized latency on this machine (:mod:`graphopt.profiling.speedup`), or why not measured."""
+    engine: dict[str, Any] | None = None
+    """The engine directory built at the end of the pipeline (``--engine``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,6 +97,7 @@ class Report:
             for key, value in row.stats.items():
                 if _is_table(value):
                     _render_rows(console, f"{row.name}: {key.replace('_', ' ')}", value)
+        _render_latency_and_engine(console, self.latency, self.engine)
         for note in self.notes:
             console.print(f"[dim]note:[/dim] {note}")
         for warning in self.warnings:
@@ -117,6 +122,20 @@ def _render_rows(console: Console, title: str, rows: list[dict[str, Any]]) -> No
     if len(rows) > MAX_DETAIL_ROWS:
         table.caption = f"… {len(rows) - MAX_DETAIL_ROWS} more rows in the JSON report"
     console.print(table)
+
+
+def _render_latency_and_engine(console: Console, latency: dict[str, Any] | None, engine: dict[str, Any] | None) -> None:
+    if latency:
+        from graphopt.profiling.render import latency_table
+
+        table = latency_table(latency)
+        if table is not None:
+            console.print(table)
+        else:
+            console.print(f"[dim]latency not measured:[/dim] {latency.get('reason', 'skipped')}")
+    if engine:
+        console.print(f"engine: {engine['engine']} for target {engine['target']} in {engine['dir']} "
+                      f"(runs on {', '.join(engine['providers'])})")
 
 
 def _mb(size: int) -> str:

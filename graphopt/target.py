@@ -123,17 +123,22 @@ def cuda_gpus() -> list[GpuInfo]:
         if cuda.cuDeviceGet(ctypes.byref(device), index) != 0:
             continue
         name = ctypes.create_string_buffer(256)
-        cuda.cuDeviceGetName(name, 256, device)
         major, minor = ctypes.c_int(0), ctypes.c_int(0)
-        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # COMPUTE_CAPABILITY_MAJOR
-        cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # COMPUTE_CAPABILITY_MINOR
+        if (cuda.cuDeviceGetName(name, 256, device)
+                or cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # COMPUTE_CAPABILITY_MAJOR
+                or cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)):  # COMPUTE_CAPABILITY_MINOR
+            continue  # a device the driver cannot describe is not one engine.json can name
         gpus.append(GpuInfo(name.value.decode(errors="replace"), (major.value, minor.value)))
     return gpus
 
 
 @functools.cache
 def ort_provider_loads(provider: str) -> bool:
-    """True when onnxruntime really loads ``provider`` for a one-node model (not just lists it)."""
+    """True when onnxruntime really loads ``provider`` for a one-node model (not just lists it).
+    The CUDA and TensorRT providers are not tried without a GPU (they would touch CUDA / TensorRT)."""
     from graphopt.engines.ort import providers_that_load
+
+    if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and not cuda_gpus():
+        return False
 
     return provider in providers_that_load([provider, "CPUExecutionProvider"])

@@ -24,7 +24,18 @@ sequence equals the reference's; ``drop`` = 100 − that share %. A per-position
 character by one step (``a _`` → ``_ a``) decodes to the same text and costs nothing here.
 ``auto`` is the rule above.
 
-Every metric also records ``max_abs_error`` = max |ref − cand| and whether the candidate is finite.
+Every metric also records ``max_abs_error`` = max |ref − cand|, whether the candidate is finite, and
+(for ``graphopt compare``, all optional in the constructor):
+
+* ``max_rel_error`` = max over elements of |ref − cand| / |ref|, over the elements whose |ref| is at
+  least ``REL_FLOOR`` × max |ref| (relative error near zero says nothing; max abs error covers them);
+* ``cosine`` — the mean per-sample cosine of every float output, whatever its metric;
+* ``top1_agreement`` / ``top5_agreement`` for classifier outputs ``(N, C)``: share of samples whose
+  reference top-1 class is the candidate's top-1 / among the candidate's top-5 (``C ≥ 5``);
+* ``outside_tolerance`` — with a :class:`Tolerance` that sets ``atol`` / ``rtol``: the share of elements
+  with |ref − cand| > atol + rtol·|ref| (numpy's ``isclose`` rule).
+
+A :class:`Tolerance` turns a comparison into pass/fail (:meth:`Comparison.failures`).
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ MetricKind = Literal["accuracy", "top1-agreement", "cosine", "ctc-text"]
 MetricChoice = Literal["auto", "accuracy", "agreement", "cosine", "ctc"]
 METRIC_CHOICES: tuple[str, ...] = ("auto", "accuracy", "agreement", "cosine", "ctc")
 CTC_BLANK = 0
+REL_FLOOR = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +65,12 @@ class OutputMetric:
     max_abs_error: float
     max_abs_reference: float
     finite: bool
+    max_rel_error: float = 0.0
+    cosine: float | None = None
+    top1_agreement: float | None = None
+    top5_agreement: float | None = None
+    outside_tolerance: float | None = None
+    """Share of elements outside ``atol + rtol·|ref|`` when the comparison had such a tolerance."""
 
     @property
     def drop_points(self) -> float:
@@ -82,6 +100,35 @@ class OutputMetric:
 
 
 @dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """Pass/fail rules for ``graphopt compare``; unset (``None``) rules are not checked.
+
+    ``atol`` / ``rtol``: every element within ``atol + rtol·|ref|`` (either alone means the other is 0);
+    ``min_cosine``: every float output's mean cosine at least this; ``max_drop``: the worst drop
+    (percentage points, by the chosen metric) at most this."""
+
+    atol: float | None = None
+    rtol: float | None = None
+    min_cosine: float | None = None
+    max_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("atol", "rtol", "max_drop"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be ≥ 0, got {value}")
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
+            raise InputError(f"--min-cosine must be in [-1, 1], got {self.min_cosine}")
+
+    @property
+    def elementwise(self) -> bool:
+        return self.atol is not None or self.rtol is not None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class Comparison:
     """The metrics of every output of a candidate against the reference."""
 
@@ -95,6 +142,22 @@ class Comparison:
     @property
     def worst_drop(self) -> float:
         return max((m.drop_points for m in self.metrics), default=0.0)
+
+    def failures(self, tolerance: Tolerance) -> list[str]:
+        """One line per rule of ``tolerance`` that an output breaks (empty: the candidate passes)."""
+        failed = []
+        for m in self.metrics:
+            if not m.finite:
+                failed.append(f"{m.output}: NaN/Inf in the candidate")
+                continue
+            if tolerance.elementwise and m.outside_tolerance:
+                failed.append(f"{m.output}: {100 * m.outside_tolerance:.3g}% of elements outside atol {tolerance.atol or 0:g} "
+                              f"+ rtol {tolerance.rtol or 0:g}·|ref| (max abs {m.max_abs_error:.3g}, max rel {m.max_rel_error:.3g})")
+            if tolerance.min_cosine is not None and m.cosine is not None and m.cosine < tolerance.min_cosine:
+                failed.append(f"{m.output}: cosine {m.cosine:.6f} < {tolerance.min_cosine:g}")
+        if tolerance.max_drop is not None and self.worst_drop > tolerance.max_drop:
+            failed.append(f"quality dropped {self.worst_drop:.3f} points (allowed {tolerance.max_drop:g})")
+        return failed
 
     def numerically_close(self, rtol: float = 1e-3) -> bool:
         """True when every output matches the reference to ``rtol`` of its largest magnitude and
@@ -188,8 +251,40 @@ def check_metric_choice(choice: str, labels: np.ndarray | None) -> None:
         raise InputError("metric 'accuracy' needs labels: add a 'labels' array to the evaluation data")
 
 
+def max_relative_error(reference: np.ndarray, difference: np.ndarray) -> float:
+    """max |Δ| / |ref| over elements with |ref| ≥ ``REL_FLOOR`` · max |ref| (0 for an all-zero reference)."""
+    magnitude = np.abs(reference.astype(np.float64))
+    floor = REL_FLOOR * float(magnitude.max(initial=0.0))
+    considered = magnitude >= floor if floor > 0 else np.zeros(magnitude.shape, bool)
+    if not considered.any():
+        return 0.0
+    return float((difference[considered] / magnitude[considered]).max())
+
+
+def topk_agreement(reference: np.ndarray, candidate: np.ndarray, k: int) -> float:
+    """Share of rows (last axis = classes) whose reference argmax is among the candidate's top ``k``."""
+    classes = reference.shape[-1]
+    ref = reference.reshape(-1, classes).argmax(axis=1)
+    top = np.argpartition(-candidate.reshape(-1, classes), kth=min(k, classes) - 1, axis=1)[:, :k]
+    return float(np.mean((top == ref[:, None]).any(axis=1)))
+
+
+def _extras(ref: np.ndarray, cand: np.ndarray, diff: np.ndarray, tolerance: Tolerance | None) -> dict:
+    """The optional :class:`OutputMetric` fields for a finite float output (see the module docstring)."""
+    extras: dict = {"max_rel_error": max_relative_error(ref, diff), "cosine": mean_cosine(ref, cand)}
+    if is_classifier_output(ref):
+        extras["top1_agreement"] = argmax_agreement(ref, cand)
+        if ref.shape[-1] >= 5:
+            extras["top5_agreement"] = topk_agreement(ref, cand, 5)
+    if tolerance is not None and tolerance.elementwise:
+        allowed = (tolerance.atol or 0.0) + (tolerance.rtol or 0.0) * np.abs(ref.astype(np.float64))
+        extras["outside_tolerance"] = float(np.mean(diff > allowed)) if diff.size else 0.0
+    return extras
+
+
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-                    labels: np.ndarray | None = None, metric: MetricChoice = "auto") -> Comparison:
+                    labels: np.ndarray | None = None, metric: MetricChoice = "auto",
+                    tolerance: Tolerance | None = None) -> Comparison:
     """Compare candidate outputs with reference outputs (same names, same sample order)."""
     metrics = []
     samples = 0
@@ -202,7 +297,13 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         if ref.dtype.kind not in "fc" or cand.dtype.kind not in "fc":
             # integer / boolean outputs (indices, masks): exact-match rate
             same = float(np.mean(ref.reshape(len(ref), -1) == cand.reshape(len(ref), -1))) if ref.ndim else float(ref == cand)
-            metrics.append(OutputMetric(name, "top1-agreement", same, 1.0, float(np.max(np.abs(ref.astype(np.float64) - cand.astype(np.float64)), initial=0.0)), float(np.max(np.abs(ref), initial=0)), True))
+            diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
+            outside = None
+            if tolerance is not None and tolerance.elementwise:
+                outside = float(np.mean(diff > (tolerance.atol or 0.0) + (tolerance.rtol or 0.0) * np.abs(ref.astype(np.float64))))
+            metrics.append(OutputMetric(name, "top1-agreement", same, 1.0, float(np.max(diff, initial=0.0)),
+                                        float(np.max(np.abs(ref), initial=0)), True,
+                                        max_rel_error=max_relative_error(ref, diff), outside_tolerance=outside))
             continue
         finite = bool(np.isfinite(cand).all())
         with np.errstate(invalid="ignore", over="ignore"):
@@ -212,14 +313,16 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         kind = metric_kind(name, reference, labels, metric)
         if not finite:
             metrics.append(OutputMetric(name, kind, 0.0, 1.0, max_err, max_ref, False))
-        elif kind == "accuracy":
+            continue
+        extras = _extras(ref, cand, diff, tolerance)
+        if kind == "accuracy":
             ref_acc = float(np.mean(ref.argmax(axis=1) == labels))
             acc = float(np.mean(cand.argmax(axis=1) == labels))
-            metrics.append(OutputMetric(name, kind, acc, ref_acc, max_err, max_ref, True))
+            metrics.append(OutputMetric(name, kind, acc, ref_acc, max_err, max_ref, True, **extras))
         elif kind == "top1-agreement":
-            metrics.append(OutputMetric(name, kind, argmax_agreement(ref, cand), 1.0, max_err, max_ref, True))
+            metrics.append(OutputMetric(name, kind, argmax_agreement(ref, cand), 1.0, max_err, max_ref, True, **extras))
         elif kind == "ctc-text":
-            metrics.append(OutputMetric(name, kind, ctc_text_match(ref, cand), 1.0, max_err, max_ref, True))
+            metrics.append(OutputMetric(name, kind, ctc_text_match(ref, cand), 1.0, max_err, max_ref, True, **extras))
         else:
-            metrics.append(OutputMetric(name, kind, mean_cosine(ref, cand), 1.0, max_err, max_ref, True))
+            metrics.append(OutputMetric(name, kind, extras["cosine"], 1.0, max_err, max_ref, True, **extras))
     return Comparison(tuple(metrics), samples)

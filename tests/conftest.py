@@ -10,8 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own pass-result cache so runs never share state."""
+    """Every test gets its own pass-result cache so runs never share state, and optimize skips its
+    latency rows unless a test asks for them (tests/test_optimize_latency.py): timing is not what
+    the other tests check, and it would add seconds to each."""
     monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("GRAPHOPT_LATENCY_BUDGET", "0")
 
 
 def conv_bn_model(batch: int | str = "N", opset: int = 17, seed: int = 0) -> onnx.ModelProto:

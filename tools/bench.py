@@ -305,7 +305,7 @@ def _graphopt(case: Case, out: Path, pipeline: dict, target: str = "cpu") -> Con
 
     try:
         result = optimize(case.model, out, pipeline=Pipeline.from_dict({**pipeline, "target": target}),
-                          calib_data=case.calib, eval_data=case.eval, cache=False)
+                          calib_data=case.calib, eval_data=case.eval, cache=False, latency_budget=0)
     except GraphoptError as exc:
         raise Skip(f"graphopt refused: {first_line(exc)}") from exc
     if result.output_path is None:

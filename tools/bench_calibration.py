@@ -184,13 +184,14 @@ def run_latency(args) -> None:
         tmp = Path(tmp)
         started = time.perf_counter()
         result = graphopt.optimize(model_path, tmp / "graphopt.onnx", passes=[SimplifyPass(), Int8Pass(Int8Options(
-            calib_method=args.method))], calib_data=calib, target="cpu", cache=False)
+            calib_method=args.method))], calib_data=calib, target="cpu", cache=False, latency_budget=0)
         print(f"graphopt int8: {time.perf_counter() - started:.1f}s, {result.report.rows[-1].stats}", flush=True)
         variants["graphopt int8"] = tmp / "graphopt.onnx"
         if not args.skip_s8:
             variants["graphopt int8 (s8 act)"] = tmp / "graphopt_s8.onnx"
             graphopt.optimize(model_path, variants["graphopt int8 (s8 act)"], passes=[SimplifyPass(), Int8Pass(
-                Int8Options(calib_method=args.method, activations="int8"))], calib_data=calib, target="cpu", cache=False)
+                Int8Options(calib_method=args.method, activations="int8"))], calib_data=calib, target="cpu", cache=False,
+                latency_budget=0)
         pre = tmp / "pre.onnx"
         previous = os.getcwd()
         os.chdir(tmp)  # ORT's symbolic shape inference may drop a temp file into the working directory

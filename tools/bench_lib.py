@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,6 +33,8 @@ import onnx_ir as ir
 
 from graphopt import verify
 from graphopt.inspection import op_histogram
+from graphopt.profiling.stats import median_ms  # noqa: F401 - re-exported for tools/bench.py
+from graphopt.profiling.timing import interleaved_timings
 from graphopt.verify import compare_outputs, mean_cosine
 
 CHECKS = ("top1-labels", "cosine", "argmax-agreement")
@@ -43,37 +43,11 @@ CHECKS = ("top1-labels", "cosine", "argmax-agreement")
 # --------------------------------------------------------------------------------------------- latency
 def interleaved_latency(runners: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 5,
                         min_sample_s: float = 0.002) -> dict[str, list[float]]:
-    """Seconds per call of every runner, measured round-robin (see the module docstring).
-
-    Round ``r`` starts with runner ``r mod k`` so no runner always runs right after the same other one.
-    Calls far shorter than the timer's resolution and Python's overhead are timed in blocks: every timed
-    sample is ``repeat`` back-to-back calls divided by ``repeat``, with one ``repeat`` for all runners,
-    chosen from the warm-up so the fastest runner's block lasts about ``min_sample_s``.
-    """
-    if runs < 1:
-        raise ValueError(f"runs must be ≥ 1, got {runs}")
-    names = list(runners)
-    fastest = math.inf
-    for name in names:
-        for _ in range(max(warmup, 1)):
-            start = time.perf_counter()
-            runners[name]()
-            fastest = min(fastest, time.perf_counter() - start)
-    repeat = max(1, math.ceil(min_sample_s / max(fastest, 1e-9)))
-    timings: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(runs):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            runner = runners[name]
-            start = time.perf_counter()
-            for _ in range(repeat):
-                runner()
-            timings[name].append((time.perf_counter() - start) / repeat)
-    return timings
-
-
-def median_ms(seconds: Sequence[float]) -> float:
-    return 1e3 * statistics.median(seconds)
+    """Seconds per call of every runner, measured round-robin by graphopt's profiler
+    (:func:`graphopt.profiling.timing.interleaved_timings`: rotating order, calls shorter than the timer's
+    resolution timed in blocks of about ``min_sample_s``) — the code ``graphopt profile`` and the latency
+    rows of ``graphopt optimize`` use."""
+    return interleaved_timings(runners, warmup=max(warmup, 1), iterations=runs, min_sample_s=min_sample_s).seconds
 
 
 # --------------------------------------------------------------------------------------------- quality

@@ -109,8 +109,8 @@ def build(model: ir.Model | onnx.ModelProto | bytes, target: Target | None = Non
     return OrtEngine(session, list(session.get_providers()))
 
 
-def providers_that_load(providers: Sequence[str]) -> list[str]:
-    """Providers onnxruntime really loads for a one-node model."""
+def probe_model() -> bytes:
+    """A serialized one-node model (``y = Identity(x)``) for asking which providers load."""
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -120,7 +120,43 @@ def providers_that_load(providers: Sequence[str]) -> list[str]:
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
+    return proto.SerializeToString()
+
+
+def providers_that_load(providers: Sequence[str]) -> list[str]:
+    """Providers onnxruntime really loads for a one-node model (what it prints meanwhile is captured)."""
+    from graphopt.engines.capture import captured_output
+
     try:
-        return build(proto, providers=providers).providers
+        with captured_output():
+            return build(probe_model(), providers=providers).providers
     except Exception:
         return ["CPUExecutionProvider"]
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(bool)": np.bool_,
+}
+
+
+def ort_type_name(ort_type: str) -> str:
+    """``tensor(float)`` → ``float32`` (numpy's name), unknown types unchanged."""
+    dtype = _ORT_TYPES.get(ort_type)
+    return np.dtype(dtype).name if dtype is not None else ort_type
+
+
+def session_input_specs(session) -> list:
+    """The session's inputs as :class:`graphopt.data.InputSpec` (symbolic dims as names, unknown as ``None``)."""
+    from graphopt.data import InputSpec
+    from graphopt.errors import InputError
+
+    specs = []
+    for value in session.get_inputs():
+        dtype = _ORT_TYPES.get(value.type)
+        if dtype is None:
+            raise InputError(f"model input '{value.name}' has type {value.type}, which graphopt cannot feed")
+        shape = tuple(d if isinstance(d, int) else (d or None) for d in value.shape)
+        specs.append(InputSpec(value.name, np.dtype(dtype), shape))
+    return specs
