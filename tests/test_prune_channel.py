@@ -554,3 +554,38 @@ def test_folded_and_unfolded_models_lose_the_same_channels():
                    {"w1": w1, "w2f": w2 * factor[:, None, None, None], "b2f": np.zeros(6, np.float32)})
     outputs = [run(prune(proto, 0.5).model, {"x": X})[0] for proto in (unfolded, folded)]
     close(outputs[0], outputs[1])
+
+
+def test_resize_with_sizes_gets_the_pruned_channel_count():
+    c, d = 6, [1]
+    w1 = weaken(weights((c, 3, 1, 1), 1), 0, d)
+    w2 = weaken(weights((2, c, 1, 1), 2), 1, d)
+    proto = model([
+        helper.make_node("Conv", ["x", "w1"], ["a"]),
+        helper.make_node("Resize", ["a", "", "", "sizes"], ["u"], mode="nearest"),
+        helper.make_node("Conv", ["u", "w2"], ["y"]),
+    ], [("x", [2, 3, 6, 6])], [("y", [2, 2, 12, 12])],
+        {"w1": w1, "w2": w2, "sizes": np.array([2, c, 12, 12], np.int64)})
+    out = prune(proto, 1 / c)
+    u = conv2d(X, drop(w1, 0, d)).repeat(2, axis=2).repeat(2, axis=3)
+    close(run(out.model, {"x": X})[0], conv2d(u, drop(w2, 1, d)))
+    sizes = next(n for n in out.model.graph if n.op_type == "Resize").inputs[3]
+    assert sizes.const_value.numpy().tolist() == [2, c - 1, 12, 12]
+
+
+def test_conv_transpose_reads_and_produces_channels():
+    c, o = 6, 4
+    d, do = [2], [3]
+    w1 = weaken(weights((c, 3, 1, 1), 1), 0, d)
+    wt = weaken(weaken(weights((c, o, 2, 2), 2), 0, d), 1, do)  # ConvTranspose weight: [C_in, C_out, k, k]
+    w3 = weaken(weights((2, o, 1, 1), 3), 1, do)
+    proto = model([
+        helper.make_node("Conv", ["x", "w1"], ["a"]),
+        helper.make_node("ConvTranspose", ["a", "wt"], ["t"], strides=[2, 2]),
+        helper.make_node("Conv", ["t", "w3"], ["y"]),
+    ], [("x", ["N", 3, 6, 6])], [("y", ["N", 2, 12, 12])], {"w1": w1, "wt": wt, "w3": w3})
+    out = prune(proto, 0.25)
+    a = conv2d(X, drop(w1, 0, d))
+    kernel = drop(drop(wt, 0, d), 1, do)
+    t = np.einsum("nchw,cokl->nohkwl", a, kernel).reshape(2, o - 1, 12, 12)  # stride 2, kernel 2: no overlap
+    close(run(out.model, {"x": X})[0], conv2d(t, drop(w3, 1, do)))
