@@ -132,17 +132,12 @@ def optimize(
     if result.comparison_data is not None and result.comparison_data.synthetic:
         notes.append("outputs compared on generated probe inputs; give --eval-data for real accuracy")
 
-    written = None
-    keep_best = keep_best or any(getattr(p.options, "keep_best", False) for p in pipeline.passes)
-    if output_path is not None and (passed or keep_best):
-        written = save_model(result.model, output_path, input_path=input_path)
-
     reference_metrics = None
     if comparison is not None:
         reference_metrics = {m.output: {"kind": m.kind, "value": m.reference_value} for m in comparison.metrics}
     report = Report(
         input_path=str(input_path) if input_path else None,
-        output_path=str(written) if written else None,
+        output_path=None,
         input_hash=model_hash(loaded),
         output_hash=model_hash(result.model),
         versions=library_versions(),
@@ -159,6 +154,14 @@ def optimize(
         eval_source=result.comparison_data.source if result.comparison_data else None,
         metric=chosen_metric,
     )
+    # The report is complete before any file is written, so nothing that can fail (hashing a model
+    # over protobuf's limit did) comes after an output that a failed run would leave behind.
+    keep_best = keep_best or any(getattr(p.options, "keep_best", False) for p in pipeline.passes)
+    written = None
+    if output_path is not None and (passed or keep_best):
+        written = save_model(result.model, output_path, input_path=input_path)
+        report.output_path = str(written)
+        report.total_seconds = time.perf_counter() - started
     return OptimizeResult(result.model, report, written, passed)
 
 

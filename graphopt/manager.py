@@ -21,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import FunctionalPass
 
+from graphopt import large
 from graphopt.cache import PassCache
 from graphopt.console import captured_warnings
 from graphopt.data import DataSet, input_specs, probe_data
@@ -84,6 +85,12 @@ class PassManager(FunctionalPass):
         return probe_data(input_specs(model))
 
     def call(self, model: ir.Model) -> ManagerResult:
+        """Every pass in order (module docstring); a model that keeps its weights out of protos
+        (:mod:`graphopt.large`) runs inside one weight scope, so each pass sees them where they lie."""
+        with large.scope_for(model):
+            return self._call(model)
+
+    def _call(self, model: ir.Model) -> ManagerResult:
         data = self.comparison_data(model)
         batch = data.batch_size_for(input_specs(model))
         try:
@@ -106,7 +113,7 @@ class PassManager(FunctionalPass):
                 row.notes.append(f"opset upgraded {old} → {DEFAULT_OPSET}")
             result, row.cache_hit = self._run_pass(p, working)
             row.stats, row.notes = dict(result.stats), row.notes + list(result.notes)
-            candidate = result.model
+            candidate = large.resolve(result.model) if large.active_store() is not None else result.model
             check = validate_model(candidate, require_runtime=self.context.target.kind == "cpu")
             rolled_back_reason = None
             if not check.ok:
@@ -169,7 +176,10 @@ class PassManager(FunctionalPass):
         if not isinstance(result, GraphoptPassResult):
             result = GraphoptPassResult(result.model, result.modified)
         if key:
-            self.cache.put(key, result.model, {"modified": result.modified, "stats": result.stats, "notes": result.notes})
+            note = self.cache.put(key, result.model, {"modified": result.modified, "stats": result.stats,
+                                                      "notes": result.notes})
+            if note:
+                result.notes = [*result.notes, note]
         return result, False
 
 

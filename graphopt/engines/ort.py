@@ -54,19 +54,14 @@ def session_options(threads: int | None = None, optimization: str = "all", prior
     return options
 
 
-def model_bytes(model: ir.Model | onnx.ModelProto | bytes) -> bytes:
-    if isinstance(model, bytes):
-        return model
-    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
-    return proto.SerializeToString()
-
-
 @dataclasses.dataclass
 class OrtEngine:
     """An onnxruntime session plus the providers that really loaded."""
 
     session: object
     providers: list[str]
+    weights: list = dataclasses.field(default_factory=list, repr=False)
+    """``OrtValue``s of weights handed to the session by reference (kept alive with it)."""
 
     @property
     def input_names(self) -> list[str]:
@@ -98,15 +93,25 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
 def build(model: ir.Model | onnx.ModelProto | bytes, target: Target | None = None, *,
           threads: int | None = None, providers: Sequence[str] | None = None,
           optimization: str = "all", priority_order: bool = False, spinning: bool = True) -> OrtEngine:
-    """Create an onnxruntime session for ``target`` (CPU when ``None``); options as :func:`session_options`."""
+    """Create an onnxruntime session for ``target`` (CPU when ``None``); options as :func:`session_options`.
+
+    A model over protobuf's limit (or with detached weights, :mod:`graphopt.large`) is built from
+    its skeleton, its weights added as ``OrtValue``s over their memory (no copy), with weight
+    prepacking off (it would copy every MatMul weight once more)."""
     import onnxruntime as ort
+
+    from graphopt import large
 
     wanted = list(providers) if providers else (target.providers if target else ["CPUExecutionProvider"])
     available = set(ort.get_available_providers())
     wanted = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
     options = session_options(threads, optimization, priority_order, spinning)
-    session = ort.InferenceSession(model_bytes(model), options, providers=wanted)
-    return OrtEngine(session, list(session.get_providers()))
+    serialized, names, values = large.session_input(model)
+    if names:
+        options.add_external_initializers(names, values)
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    session = ort.InferenceSession(serialized, options, providers=wanted)
+    return OrtEngine(session, list(session.get_providers()), values)
 
 
 def providers_that_load(providers: Sequence[str]) -> list[str]:
