@@ -188,11 +188,12 @@ def _placeholder(tensor: ir.TensorProtocol | None) -> bool:
     return isinstance(tensor, ir.ExternalTensor) and str(tensor.location).startswith(PLACEHOLDER_PREFIX)
 
 
-def detach(model: ir.Model, store: WeightStore, min_bytes: int = DETACH_MIN_BYTES) -> onnx.ModelProto:
-    """The skeleton of ``model``: main-graph initializers of ``min_bytes`` or more as placeholders.
-
-    ``model`` is left as it was; no weight is read or copied.
+def detach(model: ir.Model, store: WeightStore, min_bytes: int | None = None) -> onnx.ModelProto:
+    """The skeleton of ``model``: main-graph initializers of ``min_bytes`` (default
+    :data:`DETACH_MIN_BYTES`) or more as placeholders. ``model`` is left as it was; no weight is
+    read or copied.
     """
+    min_bytes = DETACH_MIN_BYTES if min_bytes is None else min_bytes
     swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
     try:
         for value in model.graph.initializers.values():
@@ -325,12 +326,13 @@ def session_input(model: ir.Model | onnx.ModelProto | bytes) -> tuple[bytes, lis
         proto = detach(model, store)
     else:
         proto = model
-        if placeholders(proto):
-            store = _store_for(proto.graph.name or "model")
-        elif weight_bytes(proto) >= min(DETACH_FROM_BYTES, LARGE_MODEL_BYTES):
-            store = WeightStore()
+        detached = placeholders(proto)
+        store = _store_for(proto.graph.name or "model") if detached else active_store()
+        inline = weight_bytes(proto) - sum(_proto_tensor_bytes(t) for t in detached.values())
+        if inline >= min(DETACH_FROM_BYTES, LARGE_MODEL_BYTES):  # weights a pass wrote into the proto
+            store = store if store is not None else WeightStore()
             proto = detach(ir.from_proto(proto), store)
-        else:
+        elif not detached:
             return proto.SerializeToString(), [], []
     names, values = [], []
     for name, tensor in placeholders(proto).items():

@@ -216,7 +216,8 @@ def _write_with_external_data(model: ir.Model, output: Path) -> None:
     placed: Path | None = None
     try:
         tmp_model, tmp_data = folder / output.name, folder / data_name
-        ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=1024, alignment=65536)
+        ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=large.DETACH_MIN_BYTES,
+                alignment=65536)
         mode = new_file_mode()
         for path in (tmp_data, tmp_model):
             if path.exists():
