@@ -57,12 +57,15 @@ class Report:
         return dataclasses.asdict(self)
 
     def write_json(self, path: str | os.PathLike) -> None:
-        """Write the report atomically."""
+        """Write the report atomically, with the mode a new file gets under the user's umask."""
+        from graphopt.model_io import new_file_mode
+
         path = Path(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
         try:
             with os.fdopen(fd, "w") as handle:
                 json.dump(self.to_dict(), handle, indent=2, default=str)
+            os.chmod(tmp, new_file_mode())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
