@@ -8,14 +8,19 @@ graphopt therefore works on a **skeleton**: the
 placeholder (an external-data reference to ``graphopt-detached-<key>``), while the tensors stay in
 a :class:`WeightStore` as they were (memory-mapped external data, or the arrays a pass made).
 
-* onnxruntime receives the tensors through ``SessionOptions.add_external_initializers``: numpy
-  views of the mapped file, no copy (:func:`session_input`);
+* onnxruntime maps weights that lie in a file itself: the session's skeleton points at that file
+  (``session.model_external_initializers_file_folder_path``), so no copy is made; other weights
+  (arrays a pass made) are handed over as ``OrtValue``s, which onnxruntime copies
+  (:func:`session_input`);
+* graphopt itself reads file-backed weights in chunks through the page cache (:func:`chunks`), never
+  through a mapping of its own: a page mapped twice counts twice in the resident set;
 * onnx's checker only checks that an external file exists: it checks a skeleton against empty
   files in a scratch folder (:func:`check_model`); shape inference needs no weight values (small
   tensors such as shapes stay inline);
 * a library that changes a placeholder's element type in the skeleton (the fp16 converter rewrites
   FLOAT weights to FLOAT16 without touching their bytes) gets the values from the store, converted
-  once with the library's own rule (:meth:`WeightStore.tensor`);
+  once with the library's own rule, chunk by chunk, into a spill file the store owns
+  (:meth:`WeightStore.tensor`): converted weights live on disk (page cache), not in the heap;
 * code that reads weight values from a proto uses :func:`initializer_array`; a library that must
   see the bytes (the quantizer) gets them for the tensors it reads only (:func:`inject`).
 
@@ -29,7 +34,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import itertools
+import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -49,8 +59,11 @@ DETACH_MIN_BYTES = 1024
 
 PLACEHOLDER_PREFIX = "graphopt-detached-"
 
-CONVERT_CHUNK = 1 << 24
-"""Elements converted at a time when a weight changes type (bounds the temporaries)."""
+CHUNK_BYTES = 16 * 1024**2
+"""Bytes of a weight read, hashed or converted at a time (bounds every temporary)."""
+
+SPILL_ALIGNMENT = 65536
+"""Offsets of spilled weights in their file (lets onnxruntime map them)."""
 
 
 def weight_bytes(model: ir.Model | onnx.ModelProto) -> int:
@@ -88,14 +101,16 @@ class WeightStore:
 
     A tensor object gets one key for as long as the store lives (detaching it again reuses it).
     A placeholder whose element type differs from its tensor's (a library retyped it) is served
-    converted; each conversion is made once and kept.
+    converted; each conversion is made once, written to the store's spill file (removed with the
+    store) and served from there as an external tensor.
     """
 
     def __init__(self) -> None:
         self._tensors: dict[str, ir.TensorProtocol] = {}
         self._keys: dict[int, str] = {}
-        self._converted: dict[tuple[str, ir.DataType], ir.Tensor] = {}
+        self._converted: dict[tuple[str, ir.DataType], ir.TensorProtocol] = {}
         self._counter = itertools.count()
+        self._spill: tuple[str, str] | None = None  # (folder, file name)
 
     def __len__(self) -> int:
         return len(self._tensors)
@@ -123,7 +138,7 @@ class WeightStore:
             return source
         key = (location, dtype)
         if key not in self._converted:
-            converted = ir.Tensor(convert_weight(source.numpy(), source.dtype, dtype), name=name)
+            converted = self._spill_converted(source, dtype, name)
             self._converted[key] = converted
             self.add(converted)  # detaching the converted tensor again finds it by identity
         return self._converted[key]
@@ -131,9 +146,59 @@ class WeightStore:
     def array(self, location: str, dtype: ir.DataType, name: str) -> np.ndarray:
         return self.tensor(location, dtype, name).numpy()
 
+    def _spill_converted(self, source: ir.TensorProtocol, dtype: ir.DataType, name: str) -> ir.ExternalTensor:
+        if self._spill is None:
+            folder = tempfile.mkdtemp(prefix="graphopt-weights-")
+            weakref.finalize(self, shutil.rmtree, folder, True)
+            self._spill = (folder, "spill.data")
+        folder, file_name = self._spill
+        path = os.path.join(folder, file_name)
+        with open(path, "ab") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            offset = -(-end // SPILL_ALIGNMENT) * SPILL_ALIGNMENT
+            handle.write(b"\0" * (offset - end))
+            for chunk in chunks(source):
+                handle.write(convert_weight(chunk, source.dtype, dtype).tobytes())
+            length = handle.tell() - offset
+        return ir.ExternalTensor(file_name, offset, length, dtype, shape=ir.Shape(tuple(source.shape)),
+                                 name=name, base_dir=folder)
+
+    def keep_alive_with(self, model: ir.Model) -> ir.Model:
+        """Tie the store (and its spill file) to ``model``, whose tensors may lie there."""
+        if self._spill is not None:
+            model.meta["graphopt.weight_store"] = self
+        return model
+
+
+def chunks(tensor: ir.TensorProtocol) -> Iterator[np.ndarray]:
+    """A tensor's values, flat, :data:`CHUNK_BYTES` at a time. A weight in a file is read through
+    the page cache into one reused buffer (each chunk is valid until the next one); nothing is mapped."""
+    itemsize = max(1, tensor.dtype.bitwidth // 8)
+    step = max(1, CHUNK_BYTES // itemsize)
+    if not isinstance(tensor, ir.ExternalTensor) or _placeholder(tensor) or tensor.dtype.bitwidth < 8:
+        flat = tensor.numpy().reshape(-1)
+        for start in range(0, flat.size, step):
+            yield flat[start:start + step]
+        return
+    dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")
+    remaining = tensor.nbytes
+    buffer = bytearray(min(remaining, step * itemsize))
+    with open(tensor.path, "rb") as handle:
+        handle.seek(tensor.offset or 0)
+        while remaining:
+            view = memoryview(buffer)[:min(remaining, len(buffer))]
+            got = handle.readinto(view)
+            if not got:
+                raise OSError(f"external data of '{tensor.name}' ends early: {tensor.path}")
+            usable = got - got % itemsize
+            if usable != got:
+                handle.seek(usable - got, os.SEEK_CUR)
+            yield np.frombuffer(view[:usable], dtype=dtype)
+            remaining -= usable
+
 
 def convert_weight(array: np.ndarray, source: ir.DataType, target: ir.DataType) -> np.ndarray:
-    """``array`` in ``target`` by the rule the library that retyped it uses, chunk by chunk.
+    """``array`` in ``target`` by the rule of the library that retyped it.
 
     FLOAT → FLOAT16: onnxruntime's fp16 converter's rule (``convert_np_to_float16``: magnitudes
     clamped into [5.96e-8, 65504], zeros, signs and non-finite values kept); FLOAT → BFLOAT16:
@@ -142,18 +207,25 @@ def convert_weight(array: np.ndarray, source: ir.DataType, target: ir.DataType) 
     if (source, target) == (ir.DataType.FLOAT, ir.DataType.FLOAT16):
         from onnxruntime.transformers.float16 import convert_np_to_float16
 
-        def rule(chunk):
-            return convert_np_to_float16(chunk)
-    elif (source, target) == (ir.DataType.FLOAT, ir.DataType.BFLOAT16):
-        def rule(chunk):
-            return chunk.astype(target.numpy())
-    else:
-        raise ValueError(f"cannot derive a {target.name} weight from a {source.name} one")
-    flat = array.reshape(-1)
-    out = np.empty(flat.shape, dtype=target.numpy())
-    for start in range(0, flat.size, CONVERT_CHUNK):
-        out[start:start + CONVERT_CHUNK] = rule(np.asarray(flat[start:start + CONVERT_CHUNK]))
-    return out.reshape(array.shape)
+        return convert_np_to_float16(np.asarray(array))
+    if (source, target) == (ir.DataType.FLOAT, ir.DataType.BFLOAT16):
+        return np.asarray(array).astype(target.numpy())
+    raise ValueError(f"cannot derive a {target.name} weight from a {source.name} one")
+
+
+def max_abs(tensor: onnx.TensorProto) -> float:
+    """Largest ``|x|`` of an initializer of a proto, a placeholder read chunk by chunk."""
+    location = _location(tensor)
+    if location is None:
+        array = onnx.numpy_helper.to_array(tensor)
+        return max(abs(float(np.max(array))), abs(float(np.min(array)))) if array.size else 0.0
+    store = _store_for(tensor.name)
+    source = store.tensor(location, ir.DataType(tensor.data_type), tensor.name)
+    found = 0.0
+    for chunk in chunks(source):
+        if chunk.size:
+            found = max(found, abs(float(np.max(chunk))), abs(float(np.min(chunk))))
+    return found
 
 
 _ACTIVE: contextvars.ContextVar[WeightStore | None] = contextvars.ContextVar("graphopt_weight_store", default=None)
@@ -246,7 +318,8 @@ def resolve(model: ir.Model) -> ir.Model:
             tensor = value.const_value
             if _placeholder(tensor):
                 value.const_value = _store_for(value.name).tensor(str(tensor.location), tensor.dtype, value.name)
-    return model
+    store = active_store()
+    return store.keep_alive_with(model) if store is not None else model
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
@@ -294,10 +367,11 @@ def inject(proto: onnx.ModelProto, names: set[str]) -> int:
     done = 0
     for tensor in proto.graph.initializer:
         if tensor.name in names and _location(tensor) is not None:
-            array = np.ascontiguousarray(initializer_array(tensor))
+            source = _store_for(tensor.name).tensor(_location(tensor), ir.DataType(tensor.data_type), tensor.name)
+            data = b"".join(chunk.tobytes() for chunk in chunks(source))
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.DEFAULT
-            tensor.raw_data = array.tobytes()
+            tensor.raw_data = data
             done += 1
     return done
 
@@ -313,15 +387,31 @@ def ort_value(array: np.ndarray, dtype: ir.DataType):
     return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, int(dtype))
 
 
-def session_input(model: ir.Model | onnx.ModelProto | bytes) -> tuple[bytes, list[str], list]:
-    """What an onnxruntime session is built from: the serialized (skeleton) model plus the
-    initializers to add as ``OrtValue``s (empty for a model that fits a proto)."""
+@dataclasses.dataclass
+class SessionInput:
+    """What an onnxruntime session is built from (see :func:`session_input`)."""
+
+    model: bytes
+    folder: str | None = None
+    """Folder the skeleton's file references are relative to (``None``: it has none)."""
+    names: list[str] = dataclasses.field(default_factory=list)
+    values: list = dataclasses.field(default_factory=list)
+    """``OrtValue``s of the weights that lie in no file of ``folder`` (onnxruntime copies them)."""
+
+
+def session_input(model: ir.Model | onnx.ModelProto | bytes) -> SessionInput:
+    """The serialized model an onnxruntime session is built from, and where its weights come from.
+
+    A model that fits a proto is serialized whole. Otherwise the skeleton: its placeholders for
+    weights that lie in a file (of the folder that holds most of them) point at that file, so
+    onnxruntime maps it; the rest become ``OrtValue``s.
+    """
     if isinstance(model, bytes):
-        return model, [], []
+        return SessionInput(model)
     if isinstance(model, ir.Model):
         store = active_store()
         if store is None and not keeps_weights_detached(model):
-            return ir.to_proto(model).SerializeToString(), [], []
+            return SessionInput(ir.to_proto(model).SerializeToString())
         store = store if store is not None else WeightStore()
         proto = detach(model, store)
     else:
@@ -333,13 +423,38 @@ def session_input(model: ir.Model | onnx.ModelProto | bytes) -> tuple[bytes, lis
             store = store if store is not None else WeightStore()
             proto = detach(ir.from_proto(proto), store)
         elif not detached:
-            return proto.SerializeToString(), [], []
-    names, values = [], []
-    for name, tensor in placeholders(proto).items():
-        dtype = ir.DataType(tensor.data_type)
-        names.append(name)
-        values.append(ort_value(store.array(_location(tensor), dtype, name), dtype))
-    return proto.SerializeToString(), names, values
+            return SessionInput(proto.SerializeToString())
+    sources = {name: store.tensor(_location(t), ir.DataType(t.data_type), name)
+               for name, t in placeholders(proto).items()}
+    on_disk = {name: t for name, t in sources.items()
+               if isinstance(t, ir.ExternalTensor) and not _placeholder(t) and t.dtype.bitwidth >= 8}
+    by_folder: dict[str, int] = {}
+    for tensor in on_disk.values():
+        folder = os.path.dirname(os.path.abspath(tensor.path))
+        by_folder[folder] = by_folder.get(folder, 0) + tensor.nbytes
+    folder = max(by_folder, key=by_folder.get) if by_folder else None
+    result = SessionInput(b"", folder)
+    saved: list[tuple[onnx.TensorProto, list[tuple[str, str]]]] = []
+    try:
+        for name, tensor in placeholders(proto).items():
+            source = sources[name]
+            if name in on_disk and os.path.dirname(os.path.abspath(source.path)) == folder:
+                saved.append((tensor, [(e.key, e.value) for e in tensor.external_data]))
+                del tensor.external_data[:]
+                entries = {"location": os.path.relpath(os.path.abspath(source.path), folder),
+                           "offset": str(source.offset or 0), "length": str(source.nbytes)}
+                for key, value in entries.items():
+                    tensor.external_data.add(key=key, value=value)
+            else:
+                result.names.append(name)
+                result.values.append(ort_value(source.numpy(), source.dtype))
+        result.model = proto.SerializeToString()
+    finally:  # a pass's own proto is left as it was
+        for tensor, entries in saved:
+            del tensor.external_data[:]
+            for key, value in entries:
+                tensor.external_data.add(key=key, value=value)
+    return result
 
 
 def check_model(proto: onnx.ModelProto, full_check: bool = False) -> None:

@@ -145,6 +145,7 @@ class PassManager(FunctionalPass):
             elif reference is not None:
                 row.metric_summary = "not measured: cannot run on this machine"
             rows.append(row)
+            check = outputs = None  # the session maps the model's weights: release it before the next pass
         modified = any(r.status == "applied" for r in rows)
         return ManagerResult(working if working is not model else model.clone(), modified, rows=rows,
                              reference=reference, comparison=comparison, comparison_data=data)

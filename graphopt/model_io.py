@@ -118,16 +118,19 @@ def model_hash(model: ir.Model | onnx.ModelProto) -> str:
     for name, tensor in large.placeholders(skeleton).items():
         source = store.source(tensor.external_data[0].value)
         digest.update(f"{name}:{source.dtype.name}:{tuple(source.shape)}".encode())
-        digest.update(_tensor_bytes(source))
+        for part in _tensor_bytes(source):
+            digest.update(part)
     return digest.hexdigest()
 
 
-def _tensor_bytes(tensor: ir.TensorProtocol) -> memoryview | bytes:
-    """The tensor's bytes as stored, without a copy where numpy can view them."""
-    array = tensor.numpy()
-    if array.dtype.itemsize * 8 != tensor.dtype.bitwidth or not array.flags.c_contiguous:
-        return tensor.tobytes()  # packed 4-bit types, strided views
-    return memoryview(array.reshape(-1).view(np.uint8)) if array.size else b""
+def _tensor_bytes(tensor: ir.TensorProtocol) -> Iterator[memoryview | bytes]:
+    """The tensor's bytes as stored, a chunk at a time (read through the page cache for a weight in
+    a file: no mapping, no copy of the whole tensor)."""
+    if tensor.dtype.bitwidth < 8:  # packed 4-bit and 2-bit types: small, hash the packed bytes
+        yield tensor.tobytes()
+        return
+    for chunk in large.chunks(tensor):
+        yield memoryview(np.ascontiguousarray(chunk).view(np.uint8))
 
 
 def file_hash(path: Path) -> str:

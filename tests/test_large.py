@@ -109,15 +109,35 @@ def test_hash_reads_no_whole_model_proto(chain_path, monkeypatch):
     assert len(model_hash(model)) == 64
 
 
-def test_sessions_read_weights_in_place(chain_path, small_is_large):
-    """The skeleton a session is built from carries no weights; the OrtValues view the mapped file."""
+def test_sessions_map_the_weights_file_instead_of_copying(chain_path, small_is_large):
+    """The skeleton a session is built from carries no weights: it points onnxruntime at the file."""
     model = load_model(chain_path)
-    serialized, names, values = large.session_input(model)
-    assert len(serialized) < 2048 and sorted(names) == ["w0", "w1", "w2"]
-    mapped = model.graph.initializers["w0"].const_value.numpy()
-    assert np.shares_memory(values[names.index("w0")].numpy(), mapped)
+    source = large.session_input(model)
+    assert len(source.model) < 2048 and source.names == [] and source.folder == str(chain_path.parent)
+    skeleton = onnx.ModelProto.FromString(source.model)
+    locations = {t.name: dict((e.key, e.value) for e in t.external_data) for t in skeleton.graph.initializer
+                 if t.data_location == TensorProto.EXTERNAL}
+    assert {loc["location"] for loc in locations.values()} == {"chain.onnx.data"}
     x = np.random.default_rng(0).standard_normal((4, HIDDEN)).astype(np.float32)
     np.testing.assert_array_equal(ort_engine.build(model).run({"x": x})["y"], outputs_from_file(chain_path, x))
+
+
+def test_arrays_a_pass_made_are_handed_over_as_ort_values(small_is_large):
+    model = ir.from_proto(chain_model())  # weights in memory, in no file
+    source = large.session_input(model)
+    assert source.folder is None and sorted(source.names) == ["w0", "w1", "w2"]
+    x = np.random.default_rng(0).standard_normal((4, HIDDEN)).astype(np.float32)
+    plain = ort.InferenceSession(chain_model().SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(ort_engine.build(model).run({"x": x})["y"], plain.run(None, {"x": x})[0])
+
+
+def test_chunks_read_a_file_weight_without_mapping_it(chain_path, monkeypatch):
+    model = load_model(chain_path)
+    tensor = model.graph.initializers["w1"].const_value
+    monkeypatch.setattr(large, "CHUNK_BYTES", 1000)  # 250 floats: the weight comes in 10 pieces
+    pieces = [chunk.copy() for chunk in large.chunks(tensor)]
+    assert len(pieces) == 10 and tensor.raw is None  # read, not mapped
+    np.testing.assert_array_equal(np.concatenate(pieces), numpy_helper.to_array(chain_model().graph.initializer[2]).ravel())
 
 
 @pytest.mark.parametrize("passes", ["simplify", "fp16", "int8"])

@@ -95,9 +95,9 @@ def build(model: ir.Model | onnx.ModelProto | bytes, target: Target | None = Non
           optimization: str = "all", priority_order: bool = False, spinning: bool = True) -> OrtEngine:
     """Create an onnxruntime session for ``target`` (CPU when ``None``); options as :func:`session_options`.
 
-    A model over protobuf's limit (or with detached weights, :mod:`graphopt.large`) is built from
-    its skeleton, its weights added as ``OrtValue``s over their memory (no copy), with weight
-    prepacking off (it would copy every MatMul weight once more)."""
+    A model with detached weights (:mod:`graphopt.large`: over protobuf's limit, or weights in
+    external-data files) is built from its skeleton: onnxruntime maps the weights that lie in a file
+    and copies the others once; prepacking and constant folding stay off (each would copy weights)."""
     import onnxruntime as ort
 
     from graphopt import large
@@ -106,12 +106,19 @@ def build(model: ir.Model | onnx.ModelProto | bytes, target: Target | None = Non
     available = set(ort.get_available_providers())
     wanted = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
     options = session_options(threads, optimization, priority_order, spinning)
-    serialized, names, values = large.session_input(model)
-    if names:
-        options.add_external_initializers(names, values)
+    source = large.session_input(model)
+    disabled = []
+    if source.folder is not None or source.names:
+        if source.folder is not None:
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", source.folder)
+        if source.names:
+            options.add_external_initializers(source.names, source.values)
+        # Neither may copy the weights once more: prepacking copies each MatMul weight, constant
+        # folding writes a copy of each weight it casts (fp16 emulation). Both are exact to leave out.
         options.add_session_config_entry("session.disable_prepacking", "1")
-    session = ort.InferenceSession(serialized, options, providers=wanted)
-    return OrtEngine(session, list(session.get_providers()), values)
+        disabled = ["ConstantFolding"]
+    session = ort.InferenceSession(source.model, options, providers=wanted, disabled_optimizers=disabled)
+    return OrtEngine(session, list(session.get_providers()), source.values)
 
 
 def providers_that_load(providers: Sequence[str]) -> list[str]:

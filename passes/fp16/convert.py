@@ -484,10 +484,11 @@ def _weight_rounding(model: ir.Model, converted: onnx.ModelProto, low: int) -> d
     for name, value in model.graph.initializers.items():
         if name not in lowered or value.const_value is None or value.dtype != ir.DataType.FLOAT:
             continue
-        array = np.abs(value.const_value.numpy())
-        total += array.size
-        tiny += int(np.count_nonzero((array > 0) & (array < smallest_normal)))
-        clipped += int(np.count_nonzero(array > largest))
+        for chunk in large.chunks(value.const_value):  # a weight in a file is read, never mapped
+            array = np.abs(chunk)
+            total += array.size
+            tiny += int(np.count_nonzero((array > 0) & (array < smallest_normal)))
+            clipped += int(np.count_nonzero(array > largest))
     stats = {"weights_converted": total}
     if tiny or clipped:
         parts = []
