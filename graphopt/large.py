@@ -3,10 +3,9 @@
 protobuf cannot serialize a message over 2 GB, and every library graphopt hands a model to (onnx's
 checker and shape inference, onnxruntime, the quantizer) takes a serialized proto; copying 2 GB of
 weights into a proto for each of them would also cost gigabytes of memory. For a large model
-graphopt therefore works on a **skeleton**: the
-``ModelProto`` with every main-graph initializer of at least :data:`DETACH_MIN_BYTES` replaced by a
+graphopt therefore works on a **skeleton**: the ``ModelProto`` with every main-graph initializer of at least :data:`DETACH_MIN_BYTES` replaced by a
 placeholder (an external-data reference to ``graphopt-detached-<key>``), while the tensors stay in
-a :class:`WeightStore` as they were (memory-mapped external data, or the arrays a pass made).
+a :class:`WeightStore` as they were (in the model's external-data file, or the arrays a pass made).
 
 * onnxruntime maps weights that lie in a file itself: the session's skeleton points at that file
   (``session.model_external_initializers_file_folder_path``), so no copy is made; other weights
@@ -21,7 +20,7 @@ a :class:`WeightStore` as they were (memory-mapped external data, or the arrays 
   FLOAT weights to FLOAT16 without touching their bytes) gets the values from the store, converted
   once with the library's own rule, chunk by chunk, into a spill file the store owns
   (:meth:`WeightStore.tensor`): converted weights live on disk (page cache), not in the heap;
-* code that reads weight values from a proto uses :func:`initializer_array`; a library that must
+* code that scans weight values of a proto uses :func:`max_abs` / :func:`chunks`; a library that must
   see the bytes (the quantizer) gets them for the tensors it reads only (:func:`inject`).
 
 The PassManager opens one :func:`weights_scope` for a pipeline whose input keeps its weights
@@ -69,15 +68,23 @@ SPILL_ALIGNMENT = 65536
 def weight_bytes(model: ir.Model | onnx.ModelProto) -> int:
     """Bytes of every initializer (all graphs), from shapes and types: no weight is read."""
     if isinstance(model, onnx.ModelProto):
-        return sum(_proto_tensor_bytes(t) for t in onnx.external_data_helper._get_initializer_tensors(model))
+        return sum(_proto_tensor_bytes(t) for graph in _proto_graphs(model.graph) for t in graph.initializer)
     return sum(v.const_value.nbytes for graph in model.graphs() for v in graph.initializers.values()
                if v.const_value is not None)
+
+
+def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                yield from _proto_graphs(sub)
 
 
 def _proto_tensor_bytes(tensor: onnx.TensorProto) -> int:
     count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
     try:
-        return count * ir.DataType(tensor.data_type).itemsize
+        return int(count * ir.DataType(tensor.data_type).itemsize)
     except ValueError:
         return len(tensor.raw_data)
 
@@ -87,13 +94,16 @@ def is_large(model: ir.Model | onnx.ModelProto) -> bool:
     return weight_bytes(model) >= LARGE_MODEL_BYTES
 
 
-def keeps_weights_detached(model: ir.Model) -> bool:
-    """True when the pipeline should keep ``model``'s weights out of protos: they reach
-    :data:`DETACH_FROM_BYTES`, or some lie in external-data files (a plain proto would only point at them)."""
-    if weight_bytes(model) >= min(DETACH_FROM_BYTES, LARGE_MODEL_BYTES):
-        return True
+def has_external_weights(model: ir.Model) -> bool:
+    """True when some of ``model``'s weights lie in files (its external data, a spill file)."""
     return any(isinstance(v.const_value, ir.ExternalTensor) and not _placeholder(v.const_value)
                for graph in model.graphs() for v in graph.initializers.values())
+
+
+def keeps_weights_detached(model: ir.Model) -> bool:
+    """True when the pipeline should keep ``model``'s weights out of protos: they reach
+    :data:`DETACH_FROM_BYTES`, or some lie in files (a plain proto would only point at them)."""
+    return weight_bytes(model) >= min(DETACH_FROM_BYTES, LARGE_MODEL_BYTES) or has_external_weights(model)
 
 
 class WeightStore:
@@ -142,9 +152,6 @@ class WeightStore:
             self._converted[key] = converted
             self.add(converted)  # detaching the converted tensor again finds it by identity
         return self._converted[key]
-
-    def array(self, location: str, dtype: ir.DataType, name: str) -> np.ndarray:
-        return self.tensor(location, dtype, name).numpy()
 
     def _spill_converted(self, source: ir.TensorProtocol, dtype: ir.DataType, name: str) -> ir.ExternalTensor:
         if self._spill is None:
@@ -351,14 +358,6 @@ def _store_for(what: str) -> WeightStore:
     if store is None:
         raise RuntimeError(f"{what}: weights are detached, but no weight store is active")
     return store
-
-
-def initializer_array(tensor: onnx.TensorProto) -> np.ndarray:
-    """The values of an initializer of a proto, placeholder or not."""
-    location = _location(tensor)
-    if location is None:
-        return onnx.numpy_helper.to_array(tensor)
-    return _store_for(tensor.name).array(location, ir.DataType(tensor.data_type), tensor.name)
 
 
 def inject(proto: onnx.ModelProto, names: set[str]) -> int:

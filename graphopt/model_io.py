@@ -179,15 +179,17 @@ def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, 
 
     The bytes go to temporary files in the destination folder, renamed over the destination only
     once complete. A model whose weights reach :data:`graphopt.large.LARGE_MODEL_BYTES` (protobuf's
-    limit) is written with its weights in ``<name>.data`` beside it, streamed tensor by tensor from
-    where they lie (64 KiB-aligned, so onnxruntime can map them). The files get the mode any new
-    file gets under the user's umask. ``input_path`` guards against overwriting the input.
+    limit), or whose weights lie in files (it came with external data, or a pass converted weights
+    of such a model), is written with its weights in ``<name>.data`` beside it, copied file to file
+    tensor by tensor (64 KiB-aligned, so onnxruntime can map them): no weight passes through memory.
+    The files get the mode any new file gets under the user's umask. ``input_path`` guards against
+    overwriting the input.
     """
     output = Path(output)
     check_output_path(output, input_path)
     model = model if isinstance(model, ir.Model) else ir.from_proto(model)
     try:
-        if large.is_large(model):
+        if large.is_large(model) or large.has_external_weights(model):
             _write_with_external_data(model, output)
         else:
             _write(large.inline_proto(model), output)

@@ -145,7 +145,10 @@ def test_every_pass_takes_the_large_path_and_matches_the_ordinary_one(tmp_path, 
     calib = calib_file(tmp_path)
     shortcuts = {"simplify": {}, "fp16": {"fp16": Fp16Options(), "target": "cuda"},
                  "int8": {"int8": Int8Options(), "calib": calib, "target": "cpu"}}[passes]
-    ordinary = graphopt.optimize(chain_path, tmp_path / "ordinary.onnx", cache=False, **shortcuts)
+    inline = tmp_path / "inline.onnx"  # the same model with its weights inside: the ordinary path
+    onnx.save(chain_model(), str(inline))
+    assert not large.keeps_weights_detached(load_model(inline))
+    ordinary = graphopt.optimize(inline, tmp_path / "ordinary.onnx", cache=False, **shortcuts)
     assert not (tmp_path / "ordinary.onnx.data").exists()
 
     monkeypatch.setattr(large, "LARGE_MODEL_BYTES", 1024)
@@ -211,3 +214,13 @@ def test_no_proto_with_the_weights_inside_is_ever_serialized(tmp_path, chain_pat
     assert result.passed and result.output_path is not None
     assert [r.status for r in result.report.rows] == ["unchanged" if passes == "simplify" else "unchanged",
                                                       *(["applied"] if passes != "simplify" else [])]
+
+
+def test_a_model_that_came_with_external_data_is_written_with_it(tmp_path, chain_path):
+    """Its weights are copied file to file, never through memory (default thresholds)."""
+    result = graphopt.optimize(chain_path, tmp_path / "out.onnx", fp16=True, target="cuda")
+    assert result.passed and (tmp_path / "out.onnx.data").exists()
+    onnx.checker.check_model(str(tmp_path / "out.onnx"), full_check=True)
+    x = np.random.default_rng(2).standard_normal((4, HIDDEN)).astype(np.float32)
+    np.testing.assert_allclose(outputs_from_file(tmp_path / "out.onnx", x), outputs_from_file(chain_path, x),
+                               rtol=2e-2, atol=2e-2)
