@@ -7,8 +7,9 @@ because each pass's key chains from the hash of the model it received.
 Location: ``$GRAPHOPT_CACHE_DIR``, else ``~/.cache/graphopt``; ``--cache-dir`` / ``--no-cache``.
 Cap: ``$GRAPHOPT_CACHE_MAX`` (``2GB``, ``500MB``, ``0`` turns writing off), else
 :data:`DEFAULT_MAX_BYTES`. After each write the least recently used entries (by the time their
-``.json`` was last written or read) are removed until the cache fits the cap; a result larger than
-the whole cap is not cached, and the pass's report row says so. ``graphopt cache info|clear``.
+``.json`` was last written or read) are removed until the cache fits the cap, except those the
+running pipeline read or wrote (their weights may still be read); a result larger than the whole cap
+is not cached, and the pass's report row says so. ``graphopt cache info|clear``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ class PassCache:
         self.root = Path(root) if root else default_cache_dir()
         self.enabled = enabled
         self.max_bytes = max_bytes if max_bytes is not None else (default_max_bytes() if enabled else 0)
+        self._in_use: set[str] = set()
+        """Keys this cache object served or stored: their models may still be read (weights in files are
+        read lazily), so eviction leaves them alone."""
 
     @staticmethod
     def key(model_hash: str, fingerprint: dict, extra: dict) -> str:
@@ -112,6 +116,7 @@ class PassCache:
             return None
         with contextlib.suppress(OSError):
             os.utime(meta_path)  # most recently used: evicted last
+        self._in_use.add(key)
         return found
 
     def put(self, key: str, model: ir.Model, meta: dict) -> str | None:
@@ -131,7 +136,8 @@ class PassCache:
             os.replace(tmp, meta_path)
         except (OSError, InputError):
             return None
-        self.evict(keep=key)
+        self._in_use.add(key)
+        self.evict()
         return None
 
     def entries(self) -> list[CacheEntry]:
@@ -159,15 +165,16 @@ class PassCache:
                     total += path.stat().st_size
         return total
 
-    def evict(self, keep: str | None = None) -> tuple[int, int]:
-        """Remove least recently used entries until the cache fits the cap; returns (entries, bytes) removed."""
+    def evict(self) -> tuple[int, int]:
+        """Remove least recently used entries until the cache fits the cap (never one this object
+        served or stored); returns (entries, bytes) removed."""
         entries = self.entries()
         total = sum(e.size for e in entries)
         removed = freed = 0
         for entry in entries:
             if total <= self.max_bytes:
                 break
-            if entry.key == keep:
+            if entry.key in self._in_use:
                 continue
             _remove(entry.files)
             total -= entry.size

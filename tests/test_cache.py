@@ -38,17 +38,31 @@ def test_parse_size_refuses_junk():
 
 
 def test_least_recently_used_results_go_first(tmp_path):
-    cache = PassCache(tmp_path, max_bytes=30_000)  # room for two 10 KB results, not three
+    earlier_run = PassCache(tmp_path, max_bytes=30_000)  # room for two 10 KB results, not three
     for i, key in enumerate(["aa01", "bb02"]):
-        cache.put(key, weights_model(2500, seed=i), {"stats": {}})
+        earlier_run.put(key, weights_model(2500, seed=i), {"stats": {}})
         past = 1_000_000 + i
         for path in (tmp_path / key[:2]).iterdir():
             os.utime(path, (past, past))
+    cache = PassCache(tmp_path, max_bytes=30_000)
     assert cache.get("aa01") is not None  # read: now the most recently used
     cache.put("cc03", weights_model(2500, seed=3), {"stats": {}})
     assert {e.key for e in cache.entries()} == {"aa01", "cc03"}
     assert cache.get("bb02") is None
     assert sum(e.size for e in cache.entries()) <= 30_000
+
+
+def test_results_of_the_running_pipeline_are_never_evicted(tmp_path):
+    """A result read from the cache may still be read later in the run (its weights lazily)."""
+    writer = PassCache(tmp_path, max_bytes=30_000)
+    writer.put("aa01", weights_model(2500, seed=0), {})
+    run = PassCache(tmp_path, max_bytes=30_000)
+    assert run.get("aa01") is not None
+    run.put("bb02", weights_model(2500, seed=1), {})
+    run.put("cc03", weights_model(2500, seed=2), {})  # over the cap: only what this run used is left
+    assert {e.key for e in run.entries()} == {"aa01", "bb02", "cc03"}
+    PassCache(tmp_path, max_bytes=30_000).evict()  # the next run evicts the least recently used
+    assert {e.key for e in run.entries()} == {"bb02", "cc03"}
 
 
 def test_a_result_larger_than_the_cap_is_not_cached(tmp_path):
