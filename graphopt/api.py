@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
+from graphopt import large
 from graphopt.cache import PassCache
 from graphopt.console import WarningLog
 from graphopt.data import DataSet, input_specs, load_data
@@ -159,7 +160,8 @@ def optimize(
     keep_best = keep_best or any(getattr(p.options, "keep_best", False) for p in pipeline.passes)
     written = None
     if output_path is not None and (passed or keep_best):
-        written = save_model(result.model, output_path, input_path=input_path)
+        written = save_model(result.model, output_path, input_path=input_path,
+                             external_data=large.has_external_weights(loaded))  # the layout the user gave
         report.output_path = str(written)
         report.total_seconds = time.perf_counter() - started
     return OptimizeResult(result.model, report, written, passed)

@@ -174,7 +174,8 @@ def check_output_path(output: Path, input_path: Path | None) -> None:
         raise InputError(f"output folder is not writable: {folder} ({exc.strerror or exc})") from exc
 
 
-def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, input_path: Path | None = None) -> Path:
+def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, input_path: Path | None = None,
+               external_data: bool | None = None) -> Path:
     """Write ``model`` to ``output`` atomically.
 
     The bytes go to temporary files in the destination folder, renamed over the destination only
@@ -182,14 +183,15 @@ def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, 
     limit), or whose weights lie in files (it came with external data, or a pass converted weights
     of such a model), is written with its weights in ``<name>.data`` beside it, copied file to file
     tensor by tensor (64 KiB-aligned, so onnxruntime can map them): no weight passes through memory.
-    The files get the mode any new file gets under the user's umask. ``input_path`` guards against
-    overwriting the input.
+    ``external_data=True`` asks for that layout whatever the size (``optimize`` does when the input
+    came with external data). The files get the mode any new file gets under the user's umask.
+    ``input_path`` guards against overwriting the input.
     """
     output = Path(output)
     check_output_path(output, input_path)
     model = model if isinstance(model, ir.Model) else ir.from_proto(model)
     try:
-        if large.is_large(model) or large.has_external_weights(model):
+        if external_data or large.is_large(model) or large.has_external_weights(model):
             _write_with_external_data(model, output)
         else:
             _write(large.inline_proto(model), output)

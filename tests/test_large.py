@@ -216,9 +216,10 @@ def test_no_proto_with_the_weights_inside_is_ever_serialized(tmp_path, chain_pat
                                                       *(["applied"] if passes != "simplify" else [])]
 
 
-def test_a_model_that_came_with_external_data_is_written_with_it(tmp_path, chain_path):
-    """Its weights are copied file to file, never through memory (default thresholds)."""
-    result = graphopt.optimize(chain_path, tmp_path / "out.onnx", fp16=True, target="cuda")
+@pytest.mark.parametrize("shortcut", [{}, {"fp16": True, "target": "cuda"}])
+def test_a_model_that_came_with_external_data_is_written_with_it(tmp_path, chain_path, shortcut):
+    """The layout the user gave, whatever the pass (default thresholds)."""
+    result = graphopt.optimize(chain_path, tmp_path / "out.onnx", **shortcut)
     assert result.passed and (tmp_path / "out.onnx.data").exists()
     onnx.checker.check_model(str(tmp_path / "out.onnx"), full_check=True)
     x = np.random.default_rng(2).standard_normal((4, HIDDEN)).astype(np.float32)
