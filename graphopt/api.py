@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
+from graphopt import large
 from graphopt.cache import PassCache
 from graphopt.console import WarningLog
 from graphopt.data import DataSet, input_specs, load_data
@@ -151,28 +152,14 @@ def optimize(
     if result.comparison_data is not None and result.comparison_data.synthetic:
         notes.append("outputs compared on generated probe inputs; give --eval-data for real accuracy")
 
-    written = None
-    keep_best = keep_best or any(getattr(p.options, "keep_best", False) for p in pipeline.passes)
-    if output_path is not None and (passed or keep_best):
-        written = save_model(result.model, output_path, input_path=input_path)
-
     latency = _latency(source_model, result.model, resolved, latency_budget, evaluation)
-    engine_summary = None
-    if engine is not None and written is not None:
-        from graphopt.engines.build import build_engine
-
-        manifest = build_engine(written, Path(engine_dir), engine, data=evaluation)
-        runtime = manifest.ort or {}
-        engine_summary = {"dir": str(engine_dir), "engine": manifest.engine, "target": manifest.target.get("kind"),
-                          "providers": runtime.get("providers") or [f"TensorRT {(manifest.tensorrt or {}).get('version')}"],
-                          "fallback_reason": runtime.get("fallback_reason"), "precision": manifest.precision}
 
     reference_metrics = None
     if comparison is not None:
         reference_metrics = {m.output: {"kind": m.kind, "value": m.reference_value} for m in comparison.metrics}
     report = Report(
         input_path=str(input_path) if input_path else None,
-        output_path=str(written) if written else None,
+        output_path=None,
         input_hash=model_hash(loaded),
         output_hash=model_hash(result.model),
         versions=library_versions(),
@@ -189,9 +176,30 @@ def optimize(
         eval_source=result.comparison_data.source if result.comparison_data else None,
         metric=chosen_metric,
         latency=latency,
-        engine=engine_summary,
     )
+    # The report is complete before any file is written, so nothing that can fail (hashing a model
+    # over protobuf's limit did) comes after an output that a failed run would leave behind.
+    keep_best = keep_best or any(getattr(p.options, "keep_best", False) for p in pipeline.passes)
+    written = None
+    if output_path is not None and (passed or keep_best):
+        written = save_model(result.model, output_path, input_path=input_path,
+                             external_data=large.has_external_weights(loaded))  # the layout the user gave
+        report.output_path = str(written)
+        if engine is not None:
+            report.engine = _build_engine(written, Path(engine_dir), engine, evaluation)
+        report.total_seconds = time.perf_counter() - started
     return OptimizeResult(result.model, report, written, passed)
+
+
+def _build_engine(model_path: Path, engine_dir: Path, options, evaluation: DataSet | None) -> dict:
+    """Build the engine from the written model; the report's ``engine`` summary."""
+    from graphopt.engines.build import build_engine
+
+    manifest = build_engine(model_path, engine_dir, options, data=evaluation)
+    runtime = manifest.ort or {}
+    return {"dir": str(engine_dir), "engine": manifest.engine, "target": manifest.target.get("kind"),
+            "providers": runtime.get("providers") or [f"TensorRT {(manifest.tensorrt or {}).get('version')}"],
+            "fallback_reason": runtime.get("fallback_reason"), "precision": manifest.precision}
 
 
 def _latency(original: ir.Model, optimized: ir.Model, target: Target, budget: float | None,

@@ -178,6 +178,14 @@ def inspect(model: Path, shapes: tuple[str, ...], as_json: bool) -> None:
         render_inspection(info, report_console())
 
 
+def _add_cache_command() -> None:
+    from graphopt.cli_cache import cache
+
+    main.add_command(cache)
+
+
+_add_cache_command()
+
 cli_engines.register(main)
 
 if __name__ == "__main__":  # pragma: no cover

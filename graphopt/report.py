@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -61,16 +59,10 @@ class Report:
         return dataclasses.asdict(self)
 
     def write_json(self, path: str | os.PathLike) -> None:
-        """Write the report atomically."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.to_dict(), handle, indent=2, default=str)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the report atomically, with the mode a new file gets under the user's umask."""
+        from graphopt.model_io import write_atomic
+
+        write_atomic(path, json.dumps(self.to_dict(), indent=2, default=str))
 
     def render(self, console: Console) -> None:
         table = Table(title=f"graphopt · target {self.target.get('kind')}", title_justify="left")
