@@ -54,7 +54,7 @@ def main(debug: bool) -> None:
 
 # Each pass that has flags owns a `graphopt/cli_<pass>.py` module with `OPTIONS` (click options)
 # and `build_pass(params) -> GraphoptPass | None`; listed here in pipeline order.
-PASS_FLAG_MODULES = ["graphopt.cli_simplify", "graphopt.cli_int8", "graphopt.cli_fp16"]
+PASS_FLAG_MODULES = ["graphopt.cli_simplify", "graphopt.cli_distill", "graphopt.cli_int8", "graphopt.cli_fp16"]
 
 
 def _pass_flag_modules():
@@ -76,6 +76,7 @@ def _with_pass_flags(command):
 @_with_pass_flags
 @click.option("--calib-data", type=click.Path(path_type=Path), help="Calibration data: .npz or a folder of them.")
 @click.option("--eval-data", type=click.Path(path_type=Path), help="Evaluation data (.npz, optional 'labels') to prove accuracy.")
+@click.option("--train-data", type=click.Path(path_type=Path), help="Training data for --distill (.npz, optional 'labels'; not the eval data).")
 @click.option("--target", type=click.Choice(TARGET_KINDS), help="Where the model will run [default: best this machine runs].")
 @click.option("--max-accuracy-drop", type=float, metavar="PCT", help="Largest allowed quality drop, percentage points.")
 @click.option("--metric", type=click.Choice(METRIC_CHOICES),
@@ -89,7 +90,7 @@ def _with_pass_flags(command):
 @click.option("--no-cache", is_flag=True, help="Do not read or write the pass-result cache.")
 @click.pass_context
 def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: Path | None,
-             eval_data: Path | None, target: str | None, max_accuracy_drop: float | None, metric: str | None,
+             eval_data: Path | None, train_data: Path | None, target: str | None, max_accuracy_drop: float | None, metric: str | None,
              report_path: Path | None, as_json: bool, config: Path | None, cache_dir: Path | None, no_cache: bool, **pass_flags) -> None:
     """Optimize MODEL for a target and report what changed and how accurate it stays."""
     from graphopt.api import default_output_path
@@ -121,7 +122,7 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: P
     resolved = make_target(pipeline.target)
     stderr.print(f"target: {resolved.describe()}" + ("" if pipeline.target else " (pass --target in deployment pipelines)"))
     result = run_optimize(model, output, pipeline=pipeline, calib_data=calib_data, eval_data=eval_data,
-                          target=resolved, max_accuracy_drop=max_accuracy_drop, metric=metric,
+                          train_data=train_data, target=resolved, max_accuracy_drop=max_accuracy_drop, metric=metric,
                           cache=not no_cache, cache_dir=cache_dir)
     if report_path is not None:
         result.report.write_json(report_path)

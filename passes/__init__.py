@@ -14,6 +14,7 @@ PASS_REGISTRY: dict[str, str] = {
     "simplify": "graphopt.passes.simplify:SimplifyPass",
     "int8": "graphopt.passes.int8:Int8Pass",
     "fp16": "graphopt.passes.fp16:Fp16Pass",
+    "distill": "graphopt.passes.distill:DistillPass",
 }
 
 
