@@ -48,6 +48,8 @@ def build_pass(params: dict):
         raise InputError(f"--distill needs PyTorch: {EXTRA_HINT}")
     given = {name: params[name] for name in ("epochs", "batch_size", "lr", "seed", "device") if params.get(name) is not None}
     student = params.get("student")
+    if student is not None and not Path(student).is_file():
+        raise InputError(f"student model not found: {student}")
     return DistillPass(DistillOptions(
         student=str(student) if student is not None else None,
         student_width=params.get("student_width"),

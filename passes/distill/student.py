@@ -7,8 +7,8 @@ Three sources, decided by the options and by what the pass receives:
   :func:`graphopt.passes.prune.channel.prune_channels`, surviving weights kept as the initialization
   (prune-then-distill);
 * neither — the model the pass receives *is* the student (an earlier pass, e.g. ``prune``, made it
-  smaller) and the teacher is the pipeline's input model. Refused when the received model holds as
-  many non-zero weights as the input: there is nothing to distil into.
+  smaller) and the teacher is the pipeline's input model. Refused when the received model still
+  computes what the input does (earlier passes were lossless): there is nothing to distil into.
 
 A student must accept and return exactly what the teacher does: the same input and output names,
 element types and ranks; static dims equal; a dim that is dynamic in the teacher's inputs dynamic in
@@ -42,15 +42,17 @@ def prune_to_width(teacher: ir.Model, width: float) -> tuple[ir.Model, list[str]
     """The teacher channel-pruned to ``width`` (surviving weights kept) and notes on what was left alone."""
     from graphopt.passes.prune.channel import prune_channels
 
-    outcome = prune_channels(teacher.clone(), 1.0 - width)
-    notes = [f"auto-student: {len(outcome.groups)} channel group(s) pruned to width {width:g}"]
-    skipped = list(getattr(outcome, "skipped", []) or [])
+    outcome = prune_channels(teacher, 1.0 - width)
+    widths = ", ".join(f"{g.channels_before}→{g.channels_after}" for g in outcome.groups[:8])
+    notes = [f"auto-student: {len(outcome.groups)} channel group(s) pruned ({widths}"
+             f"{' …' if len(outcome.groups) > 8 else ''})"]
+    skipped = [f"{', '.join(s.members[:2]) or '?'}: {s.reason}" for s in outcome.skipped]
     if skipped:
-        notes.append(f"auto-student: {len(skipped)} dim(s) left at full width: "
-                     + "; ".join(map(str, skipped[:4])) + (" …" if len(skipped) > 4 else ""))
+        notes.append(f"auto-student: {len(skipped)} dim(s) kept at full width ("
+                     + "; ".join(skipped[:3]) + (" …" if len(skipped) > 3 else "") + ")")
     if not outcome.groups:
         raise InputError(f"--student-width {width:g}: no channels of the teacher could be pruned "
-                         f"({'; '.join(map(str, skipped[:3])) or 'no prunable layers'}); give --student PATH")
+                         f"({'; '.join(skipped[:3]) or 'no prunable layers'}); give --student PATH")
     return outcome.model, notes
 
 

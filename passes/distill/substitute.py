@@ -157,7 +157,7 @@ class DistillPass(GraphoptPass):
         substituted = comparison.worst_drop <= budget
         teacher_weights, student_weights = weight_counts(teacher)[1], weight_counts(exported)[1]
         stats: dict[str, Any] = {
-            "student": source,
+            "student_from": source,
             "losses": ", ".join(f"{k}={v}" for k, v in losses.items()),
             "labels": "used" if labelled else "none (alpha = 1)" if "kd" in losses.values() else "not used",
             "lr": lr,
@@ -170,8 +170,8 @@ class DistillPass(GraphoptPass):
             "student_weights": student_weights,
             "weight_ratio": round(student_weights / max(teacher_weights, 1), 3),
             "teacher": _metric_text(comparison, reference=True),
-            "student_before_training": f"drop {outcome.initial.drop:.2f} pts",
-            "student_after_training": _metric_text(comparison, reference=False),
+            "student": _metric_text(comparison, reference=False),
+            "drop_before_training": round(outcome.initial.drop, 3),
             "drop": round(comparison.worst_drop, 3),
             "budget": budget,
             "export_max_rel_error": float(f"{export_error:.3g}"),
@@ -183,14 +183,14 @@ class DistillPass(GraphoptPass):
                        f"{_metric_text(comparison, reference=True)}); the model is kept as it was")
             context.warnings.add(message, condense=False)
             stderr.print(f"[yellow]warning:[/yellow] {message}")
-            return self.result(model, False, stats, notes)
+            return self.result(model.clone(), False, stats, notes)
         notes.append(f"student substituted: drop {comparison.worst_drop:.2f} ≤ {budget:g} points, "
                      f"{student_weights / max(teacher_weights, 1):.2f}× the teacher's weights")
         return self.result(exported, True, stats, notes)
 
     def _teacher_and_student(self, model: ir.Model) -> tuple[ir.Model, ir.Model, list[str], str]:
         """(teacher, student, notes, how the student was made) — see :mod:`.student`."""
-        from graphopt.passes.distill.student import prune_to_width, weight_counts
+        from graphopt.passes.distill.student import prune_to_width
 
         options = self.options
         if options.student is not None:
@@ -201,11 +201,21 @@ class DistillPass(GraphoptPass):
             notes.append(f"auto-student built in {time.perf_counter() - started:.1f}s")
             return model, student, notes, f"teacher channel-pruned to width {options.student_width:g}"
         source = self.context.source
-        if source is None or weight_counts(model)[1] >= weight_counts(source)[1]:
+        if source is None or self._computes_the_same(source, model):
             raise InputError("distill needs a student: give --student PATH or --student-width W, or run a pruning "
                              "pass before distill (the pruned model is then the student)")
         return source, model, ["teacher: the pipeline's input model; student: the model earlier passes made"], \
             "the model earlier passes made"
+
+    def _computes_the_same(self, source: ir.Model, model: ir.Model) -> bool:
+        """True when earlier passes left the model's outputs on the evaluation data as they were (they were
+        lossless, e.g. ``simplify``): then there is no student to train."""
+        from graphopt.manager import LOSSLESS_RTOL
+        from graphopt.passes.distill.teacher_outputs import run_teacher
+
+        data = self.context.eval
+        reference = run_teacher(source, data)
+        return compare_outputs(reference, run_teacher(model, data), data.labels).numerically_close(LOSSLESS_RTOL)
 
     def _load_user_student(self) -> ir.Model:
         from graphopt.passes.distill.student import load_student
