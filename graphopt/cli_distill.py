@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 LOSS_CHOICES = ("auto", "kd", "mse", "cosine")
-"""Same as graphopt.passes.distill.loss.LOSS_CHOICES (not imported: keeps --help fast, torch-free)."""
+"""Same as graphopt.passes.distill.substitute.LOSS_CHOICES (not imported: keeps --help fast)."""
 
 OPTIONS = [
     click.option("--distill", is_flag=True,

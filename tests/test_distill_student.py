@@ -50,3 +50,25 @@ def test_weight_counts_see_zeros():
     weight[:, :128] = 0
     model.graph.initializers["fc_w"].const_value = ir.tensor(weight, name="fc_w")
     assert weight_counts(model) == (total, nonzero - 1280)
+
+
+def test_the_pass_imports_without_torch_and_names_the_extra_when_torch_is_missing(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    code = "import sys, graphopt.passes.distill, graphopt.cli_distill; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+    from click.testing import CliRunner
+
+    from graphopt.cli import main
+    from graphopt.passes.distill import substitute
+
+    monkeypatch.setattr(substitute, "torch_available", lambda: False)
+    model = tmp_path / "m.onnx"
+    import onnx
+
+    onnx.save(conv_bn_model(), model)
+    result = CliRunner().invoke(main, ["optimize", str(model), "--distill", "--student-width", "0.5", "--no-cache"])
+    assert result.exit_code == 2
+    assert "--distill needs PyTorch: pip install 'graphopt[distill]'" in result.output

@@ -25,7 +25,7 @@ outputs of rank ≤ 3 judged by cosine (embeddings, hidden states); ``mse`` for 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from graphopt.errors import InputError
 from graphopt.verify import MetricChoice, metric_kind
 
-LossChoice = Literal["auto", "kd", "mse", "cosine"]
-LOSS_CHOICES: tuple[str, ...] = ("auto", "kd", "mse", "cosine")
+if TYPE_CHECKING:
+    from graphopt.passes.distill.substitute import LossChoice
 
 
 def choose_losses(choice: LossChoice, teacher_outputs: dict[str, np.ndarray], labels: np.ndarray | None,

@@ -33,8 +33,11 @@ from graphopt.data import input_specs
 from graphopt.errors import InputError, PreconditionFailed
 from graphopt.model_io import model_hash
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
-from graphopt.passes.distill.loss import LossChoice
 from graphopt.verify import compare_outputs
+
+LossChoice = Literal["auto", "kd", "mse", "cosine"]
+LOSS_CHOICES: tuple[str, ...] = ("auto", "kd", "mse", "cosine")
+"""Per-output distillation losses (:mod:`graphopt.passes.distill.loss`); this module imports no torch."""
 
 DEFAULT_BUDGET = 1.0
 """Largest quality drop (points) a student may show when the user sets no ``--max-accuracy-drop``."""
