@@ -135,6 +135,9 @@ def _train(module: TorchGraph, train: DataSet, teacher_train: dict[str, np.ndarr
     torch.manual_seed(config.seed)
     module.to(device)
     batch = batch_size or config.batch_size
+    if batch < MIN_BATCH:
+        raise InputError(f"distill trains on batches of at least {MIN_BATCH} samples but the student's batch "
+                         f"dimension is fixed at {batch}; export it with a dynamic (or larger) batch dimension")
     train_labels = train.labels if label_output is not None else None
     eval_labels = evaluation.labels if label_output is not None else None
     masks = _sparsity_masks(module) if config.keep_sparsity else {}
