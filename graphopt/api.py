@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from graphopt.passes.distill import DistillOptions
     from graphopt.passes.fp16 import Fp16Options
     from graphopt.passes.int8 import Int8Options
+    from graphopt.passes.prune import PruneOptions
 
 DataLike = str | os.PathLike | DataSet
 
@@ -64,6 +65,7 @@ def optimize(
     *,
     passes: list[GraphoptPass] | None = None,
     pipeline: Pipeline | None = None,
+    prune: PruneOptions | float | None = None,
     int8: Int8Options | bool | None = None,
     fp16: Fp16Options | bool | None = None,
     distill: DistillOptions | bool | None = None,
@@ -81,11 +83,12 @@ def optimize(
     """Optimize ``model`` and return the new model with its report.
 
     ``passes`` (or a ``pipeline``) say what to run; by default only ``simplify``. The shortcuts
-    ``distill=DistillOptions(...)`` / ``int8=Int8Options(...)`` / ``fp16=Fp16Options(...)`` (or ``True``
-    for the defaults) run ``simplify`` then those passes in that order, as the CLI's flags do. ``calib``
-    is ``calib_data`` by its short name; ``train_data`` feeds passes that learn (``distill``) and must
-    differ from ``eval_data``. Without ``max_accuracy_drop`` the budget is the pipeline's, else the
-    smallest default of its passes (``distill``: 1 point), else none. ``output`` is
+    ``prune=PruneOptions(...)`` (or an amount), ``distill=DistillOptions(...)``, ``int8=Int8Options(...)`` /
+    ``fp16=Fp16Options(...)`` (``True`` for the defaults) run ``simplify`` then those passes in that order,
+    as the CLI's ``--prune`` / ``--distill`` / ``--int8`` / ``--fp16`` flags do. ``calib`` is ``calib_data``
+    by its short name; ``train_data`` feeds passes that learn (``distill``) and must differ from
+    ``eval_data``. Without ``max_accuracy_drop`` the budget is the pipeline's, else the smallest default of
+    its passes (``distill``: 1 point), else none. ``output`` is
     written atomically (never over the input) unless the accuracy budget is missed — then only with
     ``keep_best`` (or a pass whose options set ``keep_best``), and ``passed`` stays False. Raises
     :class:`~graphopt.errors.GraphoptError` subclasses for bad input.
@@ -99,9 +102,9 @@ def optimize(
         if calib_data is not None:
             raise InputError("give calib or calib_data, not both")
         calib_data = calib
-    shortcuts = shortcut_passes(int8, fp16, distill)
+    shortcuts = shortcut_passes(int8, fp16, prune, distill)
     if sum(x is not None for x in (passes, pipeline, shortcuts)) > 1:
-        raise InputError("give one of passes, pipeline or the int8=/fp16= shortcuts")
+        raise InputError("give one of passes, pipeline or the int8=/fp16= shortcuts (prune= included)")
     if pipeline is None:
         from graphopt.passes.simplify import SimplifyPass
 
@@ -176,17 +179,23 @@ def optimize(
 
 
 def shortcut_passes(int8: Int8Options | bool | None, fp16: Fp16Options | bool | None,
+                    prune: PruneOptions | float | None = None,
                     distill: DistillOptions | bool | None = None) -> list[GraphoptPass] | None:
-    """``[simplify, distill?, int8?, fp16?]`` for the ``distill=`` / ``int8=`` / ``fp16=`` shortcuts
-    (options object or ``True``), ``None`` when none is given."""
-    if all(value in (None, False) for value in (int8, fp16, distill)):
+    """``[simplify, prune?, distill?, int8?, fp16?]`` for the ``prune=`` (options or an amount),
+    ``distill=`` / ``int8=`` / ``fp16=`` (options object or ``True``) shortcuts, ``None`` when none is given."""
+    if all(value in (None, False) for value in (int8, fp16, distill)) and prune is None:
         return None
     from graphopt.passes.distill import DistillOptions, DistillPass
     from graphopt.passes.fp16 import Fp16Options, Fp16Pass
     from graphopt.passes.int8 import Int8Options, Int8Pass
+    from graphopt.passes.prune import PruneOptions, PrunePass
     from graphopt.passes.simplify import SimplifyPass
 
     built: list[GraphoptPass] = [SimplifyPass()]
+    if prune is not None:
+        if isinstance(prune, bool) or not isinstance(prune, PruneOptions | int | float):
+            raise InputError(f"prune= takes PruneOptions(...) or an amount, got {type(prune).__name__}")
+        built.append(PrunePass(prune if isinstance(prune, PruneOptions) else PruneOptions(amount=float(prune))))
     for value, pass_type, options_type, name in ((distill, DistillPass, DistillOptions, "distill"),
                                                  (int8, Int8Pass, Int8Options, "int8"),
                                                  (fp16, Fp16Pass, Fp16Options, "fp16")):

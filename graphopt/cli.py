@@ -54,7 +54,8 @@ def main(debug: bool) -> None:
 
 # Each pass that has flags owns a `graphopt/cli_<pass>.py` module with `OPTIONS` (click options)
 # and `build_pass(params) -> GraphoptPass | None`; listed here in pipeline order.
-PASS_FLAG_MODULES = ["graphopt.cli_simplify", "graphopt.cli_distill", "graphopt.cli_int8", "graphopt.cli_fp16"]
+PASS_FLAG_MODULES = ["graphopt.cli_simplify", "graphopt.cli_prune", "graphopt.cli_distill", "graphopt.cli_int8",
+                     "graphopt.cli_fp16"]
 
 
 def _pass_flag_modules():
@@ -132,10 +133,12 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: P
         result.report.render(report_console())
     if not result.passed:
         gate = result.report.quality_gate or {}
+        hints = [p.gate_hint for p in pipeline.passes if getattr(p, "gate_hint", None)]
         raise QualityGateError(
             f"accuracy budget missed: quality dropped {gate.get('drop', 0):.2f} points "
             f"(allowed {gate.get('max_accuracy_drop')}); "
             + (f"best model written to {result.output_path} (--keep-best)" if result.output_path else "no output written")
+            + "".join(f"; {hint}" for hint in hints)
         )
     if not as_json:
         stderr.print(f"wrote {result.output_path}")

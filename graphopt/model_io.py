@@ -22,6 +22,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common as ir_common
 
 from graphopt.errors import InputError, first_line
+from graphopt.sparse_initializers import STORE_SPARSE_KEY, to_sparse
 
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 1
 DEFAULT_OPSET = 17
@@ -64,6 +65,10 @@ def load_proto(path: Path) -> onnx.ModelProto:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:
         raise InputError(f"cannot read the external data of {path}: {first_line(exc)}") from exc
+    if proto.graph.sparse_initializer:  # onnx_ir keeps dense tensors only
+        from graphopt.sparse_initializers import to_dense
+
+        to_dense(proto)
     return proto
 
 
@@ -132,10 +137,14 @@ def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, 
     The bytes go to a temporary file in the destination folder, which is renamed over the
     destination only once complete. External data (``<name>.data``) is used when the model is
     larger than protobuf's 2 GB limit. ``input_path`` guards against overwriting the input.
+    Initializers listed under :data:`~graphopt.sparse_initializers.STORE_SPARSE_KEY` in the
+    model's metadata are written as sparse initializers.
     """
     output = Path(output)
     check_output_path(output, input_path)
     proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
+    if proto is not model and any(e.key == STORE_SPARSE_KEY for e in proto.metadata_props):
+        to_sparse(proto)  # weights a pass asked to store as sparse initializers
     needs_external = proto.ByteSize() > PROTOBUF_LIMIT_BYTES if _small_enough_to_size(proto) else True
     if needs_external and proto is model:  # onnx moves the weights out of the proto it saves: copy first
         proto = onnx.ModelProto()

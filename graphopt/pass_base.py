@@ -77,6 +77,8 @@ class GraphoptPass(FunctionalPass):
     default_max_accuracy_drop: ClassVar[float | None] = None
     uses_data: ClassVar[frozenset[str]] = frozenset()
     """Data the result depends on (part of the cache key): ``"calib"``, ``"eval"``, ``"train"``."""
+    gate_hint: ClassVar[str | None] = None
+    """Added to the message when the accuracy budget is missed (what to do about it)."""
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

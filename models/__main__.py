@@ -1,8 +1,9 @@
 """``python -m models``: list the reference models or build them on demand.
 
     python -m models --list
-    python -m models --name resnet18-224 --name minilm-l6
-    python -m models --all [--out-dir DIR] [--force]
+    python -m models resnet18-224 minilm-l6          # or: --name resnet18-224 --name minilm-l6
+    python -m models --zoo                           # the architecture zoo (models.ZOO_MODELS)
+    python -m models --all [--out-dir DIR] [--force] # every model, the zoo included
 
 Prints one line per model: its files and how long building took. ``--force`` deletes the model's existing
 files in the output folder first (never the committed ones in ``models/``: use
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from models.artifacts import npz_paths
-from models.registry import MODELS_DIR, REFERENCE_MODELS, build_model, get_model
+from models.registry import MODELS_DIR, REFERENCE_MODELS, ZOO_MODELS, build_model, get_model
 
 
 def _size(path: Path | None) -> str:
@@ -31,13 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m models", description="Build graphopt's reference models."
     )
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--list", action="store_true", help="list the models and exit")
-    group.add_argument("--all", action="store_true", help="build every model")
-    group.add_argument("--name", action="append", metavar="NAME", help="build this model (repeatable)")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="build these models")
+    parser.add_argument("--list", action="store_true", help="list the models and exit")
+    parser.add_argument("--all", action="store_true", help="build every model (the zoo included)")
+    parser.add_argument("--zoo", action="store_true", help="build the architecture zoo")
+    parser.add_argument("--name", action="append", default=[], metavar="NAME", help="build this model (repeatable)")
     parser.add_argument("--out-dir", type=Path, help="output folder (default: models/ or models/_build/)")
     parser.add_argument("--force", action="store_true", help="delete the model's files first, then rebuild")
     args = parser.parse_args(argv)
+    named = [*args.names, *args.name]
+    chosen = sum((args.list, args.all, args.zoo, bool(named)))
+    if chosen != 1:
+        parser.error("give model names, or exactly one of --list, --all, --zoo")
 
     if args.list:
         for m in REFERENCE_MODELS.values():
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        names = list(REFERENCE_MODELS) if args.all else [get_model(n).name for n in args.name]
+        names = list(REFERENCE_MODELS) if args.all else list(ZOO_MODELS) if args.zoo else [get_model(n).name for n in named]
     except ValueError as exc:
         parser.error(str(exc))
     failed = 0

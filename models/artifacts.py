@@ -111,12 +111,15 @@ def export_torch(
     output_names: Sequence[str],
     dynamic_axes: Mapping[str, Mapping[int, str]],
     doc_string: str = "",
+    keep_batchnorm: bool = True,
 ) -> Path:
     """Export an eval-mode torch module to a single self-contained ONNX file (opset :data:`OPSET`).
 
     Uses the TorchScript exporter (``dynamo=False``): it needs no ``onnxscript`` and, with
     ``training=PRESERVE`` on an eval-mode module, keeps BatchNormalization as its own node instead of
-    folding it into the Conv (folding is a job for graphopt's simplify pass). The result is checked with
+    folding it into the Conv (folding is a job for graphopt's simplify pass). ``keep_batchnorm=False``
+    exports with ``torch.onnx.export``'s default ``TrainingMode.EVAL`` instead, as users do: the exporter
+    folds each BN that follows a Conv into it. The result is checked with
     the onnx checker, must fit in one file (no external data) and is written atomically.
     """
     import onnx
@@ -135,7 +138,7 @@ def export_torch(
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
-            training=torch.onnx.TrainingMode.PRESERVE,
+            training=torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL,
             do_constant_folding=True,
         )
     model = onnx.load_from_string(buf.getvalue())

@@ -129,8 +129,20 @@ def smooth_noise(n: int, height: int, width: int, seed: int) -> np.ndarray:
     return img.clip(0, 255).astype(np.float32)
 
 
+#: ImageNet channel statistics (RGB, pixels scaled to [0, 1]) that torchvision-style classifiers expect.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
 def image_batch(n: int, height: int, width: int, seed: int, names: tuple[str, ...] = NATURAL) -> np.ndarray:
     """Crops of the bundled samples when scikit-image is installed, else :func:`smooth_noise`."""
     if have_skimage():
         return random_crops(names, n, height, width, seed)
     return smooth_noise(n, height, width, seed)
+
+
+def imagenet_batch(n: int, height: int, width: int, seed: int) -> np.ndarray:
+    """(n, 3, height, width) float32 crops of :func:`image_batch`, ImageNet-normalised: (x / 255 - mean) / std."""
+    rgb = image_batch(n, height, width, seed) / 255.0
+    normalized = ((rgb - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+    return np.ascontiguousarray(normalized.transpose(0, 3, 1, 2))

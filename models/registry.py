@@ -25,7 +25,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+
+from models.zoo import ZOO, ZooSpec
 
 MODELS_DIR = Path(__file__).resolve().parent
 BUILD_DIR = MODELS_DIR / "_build"
@@ -166,6 +169,28 @@ REFERENCE_MODELS: dict[str, ReferenceModel] = {
         ),
     )
 }
+
+
+
+def _zoo_entry(spec: ZooSpec) -> ReferenceModel:
+    """The registry entry of a zoo network (models/zoo/): seeded random weights, built on demand."""
+    return ReferenceModel(
+        name=spec.name,
+        description=spec.description,
+        build=partial(_lazy("models.zoo.build:build"), spec.name),
+        input_spec={"input": (("N", 3, spec.size, spec.size), "float32")},
+        check=spec.check,
+        committed=False,
+        data=partial(_lazy("models.zoo.build:data"), spec.name),
+        requires=(*_BENCH, *_IMAGES),
+    )
+
+
+REFERENCE_MODELS.update((spec.name, _zoo_entry(spec)) for spec in ZOO)
+
+#: The architecture zoo, one vision layer pattern each (models/zoo/__init__.py lists them), for benchmarks
+#: that loop over architectures; ``resnet18-224`` is its residual-CNN member.
+ZOO_MODELS: tuple[str, ...] = ("resnet18-224", *(spec.name for spec in ZOO))
 
 
 def get_model(name: str) -> ReferenceModel:

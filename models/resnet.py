@@ -23,15 +23,13 @@ import torch
 from torch import nn
 
 from models.artifacts import export_torch, npz_paths, write_npz
-from models.images import image_batch
+from models.images import imagenet_batch
 
 STEM = "resnet18_224"
 SEED = 0
 N_CALIB = 64
 N_EVAL = 32
 N_BN_STATS = 64
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 class BasicBlock(nn.Module):
@@ -80,9 +78,7 @@ class ResNet18(nn.Module):
 
 def images(n: int, seed: int) -> np.ndarray:
     """(n, 3, 224, 224) float32 ImageNet-normalised image crops."""
-    rgb = image_batch(n, 224, 224, seed) / 255.0
-    normalized = ((rgb - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
-    return np.ascontiguousarray(normalized.transpose(0, 3, 1, 2))
+    return imagenet_batch(n, 224, 224, seed)
 
 
 def make_network() -> ResNet18:

@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from graphopt.passes.prune.atoms import FIXED, ChannelAtoms
 from graphopt.passes.prune.probe import ProbeRun
-from graphopt.passes.prune.shape_values import DimElem, LitElem, Origin, OtherElem, ShapeVec, literal_vec
+from graphopt.passes.prune.shape_values import Elem, Origin, ShapeVec, literal_vec, read_at
 
 Keep = Callable[[np.ndarray], np.ndarray]
 """``keep(ids)`` → boolean mask of the positions that stay."""
@@ -63,10 +63,12 @@ class IntRewrite:
 
 @dataclasses.dataclass
 class LiteralRewrite:
-    """Set one element of the constant at ``origin`` to the kept count of ``ids``."""
+    """Replace input ``origin.index`` of ``origin.node`` by a constant: ``base`` with element
+    ``origin.position`` set to the kept count of ``ids`` (``None``: to its original value)."""
 
     origin: Origin
-    ids: np.ndarray
+    ids: np.ndarray | None
+    base: np.ndarray
 
 
 @dataclasses.dataclass
@@ -102,7 +104,7 @@ class ChannelAnalysis:
         self._int_rewrites: list[IntRewrite] = []
         self._attr_rewrites: list[AttrRewrite] = []
         self._same_count: list[tuple[np.ndarray | None, np.ndarray | None, str]] = []
-        self._literal_targets: dict[tuple[int, int, int], tuple[Origin, list[np.ndarray | None]]] = {}
+        self._literal_targets: dict[tuple[int, int, int], tuple[Origin, list[np.ndarray | None], list[Elem]]] = {}
         self._claimed: set[int] = set()
 
     # ------------------------------------------------------------ the walk
@@ -248,37 +250,68 @@ class ChannelAnalysis:
         self._claimed.add(index)
 
     def vec_at(self, node: ir.Node, index: int) -> ShapeVec | None:
-        """The tracked shape vector at input ``index`` (a constant becomes literals with an origin)."""
+        """The tracked shape vector at input ``index`` as this node reads it (a constant becomes
+        literals with an origin here; so does a fully static computed vector)."""
         if index >= len(node.inputs) or node.inputs[index] is None:
             return None
         value = node.inputs[index]
         if value in self.vecs:
             self.claim(node, index)
-            return self.vecs[value]
+            return read_at(self.vecs[value], node, index)
         array = self._small_int_const(value)
         if array is not None:
             return literal_vec(array, node, index)
         return None
 
+    def raw_vec(self, node: ir.Node, index: int) -> ShapeVec | None:
+        """The tracked vector at input ``index`` as it is (claimed), or a constant's literals."""
+        value = node.inputs[index] if index < len(node.inputs) else None
+        if value is not None and value in self.vecs:
+            self.claim(node, index)
+            return self.vecs[value]
+        return self.vec_at(node, index)
+
+    def static_ints(self, node: ir.Node, index: int) -> np.ndarray | None:
+        """Values of integer input ``index`` when it is a constant or a static tracked vector whose
+        elements do not depend on pruned channels (the rewrite may replace it by a constant)."""
+        if index >= len(node.inputs) or node.inputs[index] is None:
+            return None
+        value = node.inputs[index]
+        constant = self.const(value)
+        if constant is not None:
+            return constant if constant.dtype.kind in "iu" else None
+        vec = self.vec_at(node, index)
+        if vec is None or not vec.static:
+            return None
+        values = self.probe.int_value(value)
+        return None if values is None else values
+
+    def static_dims(self, value: ir.Value) -> tuple[bool, ...]:
+        """Per axis: the same dim whatever the dynamic input dims are (see :mod:`.probe`)."""
+        return self.probe.static_axes(value)
+
     def consume_vec_opaquely(self, vec: ShapeVec, why: str) -> None:
         """A shape vector used in a way the analysis does not model: nothing in it may change."""
-        for ids in vec.affected():
-            self.atoms.fix(ids, f"the channel count is {why}")
-        for lit in vec.literals():
-            self.expect_literal(lit.origin, None)
+        for elem in vec.elems:
+            for ids in elem.deps:
+                self.atoms.fix(ids, f"the channel count is {why}")
+            if elem.origin is not None:
+                self.expect_literal(elem.origin, None, elem)
 
-    def expect_literal(self, origin: Origin, ids: np.ndarray | None) -> None:
-        """The literal at ``origin`` must equal the kept count of ``ids`` (``None``: stay as it is)."""
+    def expect_literal(self, origin: Origin, ids: np.ndarray | None, elem: Elem) -> None:
+        """The element at ``origin`` must equal the kept count of ``ids`` (``None``: its original value)."""
         key = (id(origin.node), origin.index, origin.position)
-        entry = self._literal_targets.setdefault(key, (origin, []))
+        entry = self._literal_targets.setdefault(key, (origin, [], []))
         entry[1].append(ids)
+        entry[2].append(elem)
 
     def check_target_dims(self, node: ir.Node, vec: ShapeVec | None, expected: list[np.ndarray | None],
                           input_labels: dict[int, np.ndarray], allow_zero_copy: bool = True,
                           minus_one: bool = True, what: str = "shape") -> None:
         """The shape vector ``vec`` must give, after pruning, dims whose labels are ``expected``
-        (``None`` = that dim never changes). Literals at changed dims are rewritten; dims read from
-        tensors must follow the same channels; anything else fixes the channels concerned."""
+        (``None`` = that dim never changes). Elements with an origin are set to the pruned count;
+        dims read from tensors must follow the same channels; anything else fixes the channels
+        concerned."""
         reason = f"{node.op_type} '{node.name}' {what} cannot follow the pruned channels"
         if vec is None or len(vec.elems) != len(expected):
             for ids in expected:
@@ -289,22 +322,20 @@ class ChannelAnalysis:
                 self.consume_vec_opaquely(vec, f"a {what} of {node.op_type} '{node.name}'")
             return
         for position, (elem, want) in enumerate(zip(vec.elems, expected)):
-            if isinstance(elem, LitElem):
-                if minus_one and elem.value == -1:
-                    continue
-                if allow_zero_copy and elem.value == 0:
-                    self.require_same_count(want, input_labels.get(position), reason)
-                    continue
-                if want is None:
-                    if elem.origin is not None:
-                        self.expect_literal(elem.origin, None)
-                elif elem.origin is None:
-                    self.atoms.fix(want, reason)
-                else:
-                    self.expect_literal(elem.origin, want)
-            elif isinstance(elem, DimElem):
-                self.require_same_count(want, elem.ids, reason)
-            elif isinstance(elem, OtherElem) and want is not None:
+            if minus_one and elem.value == -1 and not elem.affected:
+                continue
+            if allow_zero_copy and elem.value == 0 and not elem.affected:
+                self.require_same_count(want, input_labels.get(position), reason)
+                continue
+            if elem.origin is not None:
+                self.expect_literal(elem.origin, want, elem)
+            elif elem.direct is not None and len(elem.deps) == 1:
+                self.require_same_count(want, elem.direct, reason)
+            elif elem.affected:
+                self.atoms.fix(want, reason)
+                for ids in elem.deps:
+                    self.atoms.fix(ids, reason)
+            elif want is not None:
                 self.atoms.fix(want, reason)
 
     # ------------------------------------------------------------ after the walk
@@ -316,22 +347,52 @@ class ChannelAnalysis:
         Fixing only removes freedom, so the loop ends; a requirement whose two sides differ has
         both sides fixed, after which their counts cannot change."""
         changed = True
-        while changed:
-            changed = False
-            for a, b, reason in self._same_count:
-                if not self.atoms.same_count(a, b):
-                    changed |= self._fix_unfixed((a, b), reason)
-            for origin, targets in self._literal_targets.values():
-                if any(t is not None for t in targets) and any(
-                        not self.atoms.same_count(targets[0], t) for t in targets[1:]):
-                    changed |= self._fix_unfixed(targets, f"constant read by {origin.node.op_type} "
-                                                          f"'{origin.node.name}' is shared by dims that prune differently")
-        rewrites = []
-        for origin, targets in self._literal_targets.values():
+        while True:
+            while changed:
+                changed = False
+                changed |= self._settle_once()
+            rewrites, changed = self._literal_rewrites()
+            if not changed:
+                return rewrites
+
+    def _settle_once(self) -> bool:
+        changed = False
+        for a, b, reason in self._same_count:
+            if not self.atoms.same_count(a, b):
+                changed |= self._fix_unfixed((a, b), reason)
+        for origin, targets, elems in self._literal_targets.values():
+            if not any(t is not None for t in targets) or all(
+                    self.atoms.same_count(targets[0], t) for t in targets[1:]):
+                continue
+            wanted = [t for t in targets if t is not None]
+            if len(wanted) == len(targets) and len({len(t) for t in wanted}) == 1:
+                # one constant serves several dims (CSE merged q/k/v's reshape targets): prune them alike
+                for other in wanted[1:]:
+                    self.atoms.union_arrays(wanted[0], other, f"constant read by {origin.node.op_type} "
+                                                              f"'{origin.node.name}' sets several dims")
+                changed = True
+                continue
+            changed |= self._fix_unfixed([*targets, *(d for e in elems for d in e.deps)],
+                                         f"constant read by {origin.node.op_type} '{origin.node.name}' "
+                                         "is shared by dims that prune differently")
+        return changed
+
+    def _literal_rewrites(self) -> tuple[list[LiteralRewrite], bool]:
+        """The literal rewrites the settled labels ask for; ``changed`` when a value was missing and
+        channels had to be fixed instead (the requirements are then settled again)."""
+        rewrites, changed = [], False
+        for origin, targets, elems in self._literal_targets.values():
             wanted = next((t for t in targets if t is not None), None)
-            if wanted is not None and any(not self.atoms.is_fixed(x) for x in wanted.tolist()):
-                rewrites.append(LiteralRewrite(origin, wanted))
-        return rewrites
+            moves = wanted is not None and any(not self.atoms.is_fixed(x) for x in wanted.tolist())
+            drifts = any(not self.atoms.is_fixed(x) for e in elems for d in e.deps for x in d.tolist())
+            if moves or drifts:
+                base = self.probe.int_value(origin.node.inputs[origin.index])
+                if base is None:
+                    changed |= self._fix_unfixed([*targets, *(d for e in elems for d in e.deps)],
+                                                 f"value of {origin.node.op_type} '{origin.node.name}' input unknown")
+                    continue
+                rewrites.append(LiteralRewrite(origin, wanted if moves else None, np.asarray(base).copy()))
+        return rewrites, changed
 
     def _fix_unfixed(self, arrays, reason: str) -> bool:
         changed = False

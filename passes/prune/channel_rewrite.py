@@ -67,13 +67,14 @@ def apply_plan(model: ir.Model, plan: ChannelPlan, keep: Keep) -> None:
     for rewrites in by_input.values():
         node, index = rewrites[0].origin.node, rewrites[0].origin.index
         value = node.inputs[index]
-        array = value.const_value.numpy().copy()
+        array = rewrites[0].base.copy()
         flat = array.reshape(-1)
         for rewrite in rewrites:
-            flat[rewrite.origin.position] = int(keep(rewrite.ids).sum())
-        if not np.array_equal(array, value.const_value.numpy()):
-            key = ("literal", value.name, array.tobytes())
-            node.replace_input_with(index, inits.add(key, value.name, array))
+            if rewrite.ids is not None:
+                flat[rewrite.origin.position] = int(keep(rewrite.ids).sum())
+        if value.const_value is None or not np.array_equal(array, value.const_value.numpy()):
+            key = ("literal", value.name, id(node), index, array.tobytes())
+            node.replace_input_with(index, inits.add(key, value.name or f"{node.name}_shape", array))
     for rewrite in plan.int_rewrites:
         node = rewrite.node
         array = np.asarray(rewrite.compute(keep))

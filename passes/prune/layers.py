@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import onnx_ir as ir
+from onnx_ir.passes import common as ir_common
 
 from graphopt.errors import InputError
+from graphopt.model_io import ModelLike, load_model
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -103,3 +105,13 @@ def name_nodes(model: ir.Model) -> None:
                 break
         node.name = candidate
         taken.add(candidate)
+
+
+def prepared_copy(model: ModelLike) -> ir.Model:
+    """A copy to prune: ``Constant`` nodes lifted to initializers, every node named, nodes sorted.
+    Deterministic, so names in reports match between two copies of the same model."""
+    working = load_model(model).clone()
+    ir_common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(working)
+    name_nodes(working)
+    working.graph.sort()
+    return working

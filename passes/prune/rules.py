@@ -37,7 +37,7 @@ import onnx_ir as ir
 
 from graphopt.passes.prune.analysis import ChannelAnalysis
 from graphopt.passes.prune.atoms import FIXED
-from graphopt.passes.prune.shape_values import DimElem, LitElem, OtherElem, ShapeVec, shape_of
+from graphopt.passes.prune.shape_values import Elem, ShapeVec, combine, shape_of
 
 Rule = Callable[[ChannelAnalysis, ir.Node], None]
 
@@ -495,7 +495,7 @@ def reshape(a: ChannelAnalysis, node: ir.Node) -> None:
     x, out = _input(node, 0), node.outputs[0]
     labels = a.labels_of(x)
     vec = a.vec_at(node, 1)
-    if not labels and (vec is None or not vec.affected()):
+    if not labels and (vec is None or not any(e.affected for e in vec.elems)):
         if vec is not None:
             a.check_target_dims(node, vec, [None] * len(vec.elems), {}, allow_zero_copy=not _int(node, "allowzero", 0))
         return
@@ -540,11 +540,11 @@ def expand(a: ChannelAnalysis, node: ir.Node) -> None:
         ids = labels.get(q) if q >= 0 else None
         if ids is not None:
             new[p] = ids
-            if isinstance(elem, LitElem) and elem.value == 1:
-                continue
+            if elem.value == 1 and not elem.affected:
+                continue  # 1 keeps the input's (pruned) dim
             a.check_target_dims(node, ShapeVec([elem]), [ids], {}, allow_zero_copy=False, minus_one=False)
-        elif isinstance(elem, DimElem) and elem.ids is not None and (q < 0 or sx[q] == 1):
-            new[p] = elem.ids  # a broadcast axis grows to the pruned channel count
+        elif elem.direct is not None and (q < 0 or sx[q] == 1):
+            new[p] = elem.direct  # a broadcast axis grows to the pruned channel count
         else:
             a.check_target_dims(node, ShapeVec([elem]), [None], {}, allow_zero_copy=False, minus_one=False)
     a.set_labels(out, new)
@@ -602,6 +602,9 @@ def split(a: ChannelAnalysis, node: ir.Node) -> None:
         if "split" in node.attributes:
             a.atoms.fix(ids, f"{_desc(node)} has split sizes as an attribute (opset < 13)")
             return
+        if _input(node, 1) is not None and a.static_ints(node, 1) is None:
+            a.atoms.fix(ids, f"{_desc(node)} has computed split sizes")
+            return
 
         def new_sizes(keep, parts=parts):
             return np.array([int(keep(part).sum()) for part in parts], dtype=np.int64)
@@ -617,11 +620,13 @@ def slice_(a: ChannelAnalysis, node: ir.Node) -> None:
     for i in range(1, len(node.inputs)):
         if node.inputs[i] is not None:
             a.claim(node, i)
-    consts = [a.const(_input(node, i)) if _input(node, i) is not None else None for i in range(1, 5)]
+    if not labels:
+        return
+    consts = [a.static_ints(node, i) for i in range(1, 5)]
     starts, ends, axes, steps = consts
     if starts is None or ends is None or (_input(node, 3) is not None and axes is None) or (
             _input(node, 4) is not None and steps is None):
-        a.fix_inputs(node, f"{_desc(node)} has computed bounds")
+        a.fix_inputs(node, f"{_desc(node)} has bounds computed from dynamic dims")
         return
     axes = [int(v) % rank for v in (axes if axes is not None else range(len(starts)))]
     steps = [int(v) for v in (steps if steps is not None else [1] * len(starts))]
@@ -725,7 +730,7 @@ def shape_op(a: ChannelAnalysis, node: ir.Node) -> bool:
         return False
     start = node.attributes.get("start")
     end = node.attributes.get("end")
-    a.vecs[node.outputs[0]] = shape_of(dims, a.labels_of(x), start.as_int() if start else None,
+    a.vecs[node.outputs[0]] = shape_of(dims, a.labels_of(x), a.static_dims(x), start.as_int() if start else None,
                                        end.as_int() if end else None)
     return True
 
@@ -787,15 +792,24 @@ def vec_slice(a: ChannelAnalysis, node: ir.Node) -> bool:
 
 
 def vec_arithmetic(a: ChannelAnalysis, node: ir.Node) -> bool:
-    """Arithmetic on shape values: the result is a plain number that must not change."""
-    parts = _vecs(a, node)
+    """Arithmetic on shape values (``c // groups``): each result element depends on every input
+    element; it stays a plain value that a reshape may replace by its pruned count when static."""
+    parts = [a.raw_vec(node, i) for i in range(len(node.inputs))]
+    parts = [p for p in parts if p is not None]
     values = a.probe.int_value(node.outputs[0])
-    for part in parts:
-        if part is not None:
-            a.consume_vec_opaquely(part, f"used in arithmetic by {_desc(node)}")
     if values is None:
+        for part in parts:
+            a.consume_vec_opaquely(part, f"used in arithmetic by {_desc(node)}")
         return False
-    a.vecs[node.outputs[0]] = ShapeVec([OtherElem(int(v)) for v in values.reshape(-1)], scalar=values.ndim == 0)
+    elems = [e for part in parts for e in part.elems]
+    if all(e.static for e in elems):
+        result = [combine(int(v), elems) for v in values.reshape(-1)]
+    else:  # depends on dynamic dims too: can never become a constant, so what it reads must not change
+        for elem in elems:
+            for ids in elem.deps:
+                a.atoms.fix(ids, f"the channel count is used with dynamic dims in arithmetic by {_desc(node)}")
+        result = [Elem(int(v), static=False) for v in values.reshape(-1)]
+    a.vecs[node.outputs[0]] = ShapeVec(result, scalar=values.ndim == 0)
     return True
 
 

@@ -1,19 +1,23 @@
 """What each element of a shape vector becomes once channels are pruned.
 
-Exporters compute the ``shape`` input of ``Reshape``/``Expand`` in the graph: PyTorch writes
-``x.view(x.size(0), x.size(1), 4, 64)`` as ``Concat(Unsqueeze(Gather(Shape(x), 0)), …, [4], [64])``.
-After pruning, every element of such a vector must still give the right dim. Each element is
-tracked symbolically:
+Exporters compute the ``shape`` input of ``Reshape``/``Expand`` (and ``Slice`` bounds, ``Split``
+sizes) in the graph: PyTorch writes ``x.view(b, groups, c // groups, h, w)`` as
+``Concat(Unsqueeze(Gather(Shape(x), 0)), [2], Unsqueeze(Div(Gather(Shape(x), 1), 2)), …)``. After
+pruning, every element must still give the right number. Each element is tracked symbolically
+(:class:`Elem`):
 
-* :class:`DimElem` — a dimension of some tensor (through ``Shape``): it follows that tensor after
-  pruning; ``ids`` are the channel labels of that axis (``None`` when the axis is never pruned);
-* :class:`LitElem` — a literal from a constant; ``origin`` says which constant input of which node
-  holds it, so the rewrite can put the new channel count there;
-* :class:`OtherElem` — computed by arithmetic; its value must not change.
+* ``direct`` — the element *is* a dim of a tensor (through ``Shape``): it follows that axis's
+  channel labels by itself after pruning;
+* ``deps`` — the channel labels its value depends on (through arithmetic, e.g. ``c // 2``);
+* ``static`` — its value does not depend on the model's dynamic input dims (batch, sequence):
+  a static element can be replaced by a constant without changing the model for other inputs;
+* ``origin`` — where a constant holding it can be put: a constant input, or a computed input
+  whose elements are all static (the rewrite then replaces that input by a constant).
 
-A shape vector is a list of elements; ``Gather``/``Slice``/``Concat``/``Unsqueeze``/``Squeeze``/
-``Cast``/``Identity`` move elements around, arithmetic turns them into :class:`OtherElem` (and the
-analysis refuses to prune any channel count that arithmetic reads).
+A consumer that knows which dims it needs (``Reshape``, ``Expand``, ``Slice``, ``Split``,
+``Resize``) sets elements with an origin to the pruned count; an element without one must follow
+by itself (``direct``) or not change. A consumer the analysis does not model keeps every channel
+its elements depend on.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import onnx_ir as ir
 
 @dataclasses.dataclass(frozen=True)
 class Origin:
-    """Where a literal lives: element ``position`` of the constant read as input ``index`` of ``node``."""
+    """Element ``position`` of input ``index`` of ``node`` (a constant, or a static computed vector)."""
 
     node: ir.Node
     index: int
@@ -34,24 +38,17 @@ class Origin:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class DimElem:
+class Elem:
     value: int
-    ids: np.ndarray | None
-    """Channel labels of the axis the dim was read from; ``None`` when that axis is never pruned."""
+    static: bool = True
+    deps: tuple[np.ndarray, ...] = ()
+    direct: np.ndarray | None = None
+    origin: Origin | None = None
 
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class LitElem:
-    value: int
-    origin: Origin | None
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class OtherElem:
-    value: int
-
-
-Elem = DimElem | LitElem | OtherElem
+    @property
+    def affected(self) -> bool:
+        """Its value changes when channels it depends on are pruned."""
+        return bool(self.deps) or self.direct is not None
 
 
 @dataclasses.dataclass
@@ -61,23 +58,41 @@ class ShapeVec:
     elems: list[Elem]
     scalar: bool = False
 
-    def affected(self) -> list[np.ndarray]:
-        """Channel labels of every element whose value follows pruned channels."""
-        return [e.ids for e in self.elems if isinstance(e, DimElem) and e.ids is not None]
-
-    def literals(self) -> list[LitElem]:
-        return [e for e in self.elems if isinstance(e, LitElem) and e.origin is not None]
+    @property
+    def static(self) -> bool:
+        return all(e.static for e in self.elems)
 
 
 def literal_vec(array: np.ndarray, node: ir.Node, index: int) -> ShapeVec:
     """The elements of a constant integer input ``index`` of ``node``."""
     flat = np.asarray(array).reshape(-1)
-    return ShapeVec([LitElem(int(v), Origin(node, index, k)) for k, v in enumerate(flat.tolist())],
+    return ShapeVec([Elem(int(v), origin=Origin(node, index, k)) for k, v in enumerate(flat.tolist())],
                     scalar=np.ndim(array) == 0)
 
 
-def shape_of(dims: tuple[int, ...], labels: dict[int, np.ndarray], start: int | None, end: int | None) -> ShapeVec:
+def read_at(vec: ShapeVec, node: ir.Node, index: int) -> ShapeVec:
+    """``vec`` as read by input ``index`` of ``node``: a fully static vector can be replaced there by a
+    constant, so its elements get that origin (and keep what they depend on)."""
+    if not vec.static:
+        return vec
+    return ShapeVec([dataclasses.replace(e, origin=Origin(node, index, k)) for k, e in enumerate(vec.elems)],
+                    vec.scalar)
+
+
+def shape_of(dims: tuple[int, ...], labels: dict[int, np.ndarray], static: tuple[bool, ...],
+             start: int | None, end: int | None) -> ShapeVec:
     """``Shape(x)`` (with its optional ``start``/``end`` attributes) for a tensor of ``dims``."""
-    rank = len(dims)
-    axes = list(range(rank))[slice(start, end)]
-    return ShapeVec([DimElem(int(dims[a]), labels.get(a)) for a in axes])
+    axes = list(range(len(dims)))[slice(start, end)]
+    elems = []
+    for a in axes:
+        ids = labels.get(a)
+        elems.append(Elem(int(dims[a]), static=static[a], deps=(ids,) if ids is not None else (), direct=ids))
+    return ShapeVec(elems)
+
+
+def combine(value: int, parts: list[Elem]) -> Elem:
+    """The result of arithmetic on ``parts``: static when all are, depending on all their channels."""
+    deps: list[np.ndarray] = []
+    for part in parts:
+        deps.extend(part.deps)
+    return Elem(int(value), static=all(p.static for p in parts), deps=tuple(deps))
