@@ -182,6 +182,21 @@ def test_after_a_pruning_pass_the_pruned_model_is_the_student_and_keeps_its_zero
     assert all((w[:, : w.shape[1] // 2] == 0).all() and (w[:, w.shape[1] // 2:] != 0).any() for w in gemm_weights)
 
 
+def test_prune_then_distill_in_one_command(tmp_path, train_path):
+    report = tmp_path / "r.json"
+    result = _invoke(TEACHER, "-o", tmp_path / "o.onnx", "--prune", "0.5", "--distill", "--train-data", train_path,
+                     "--eval-data", EVAL, "--epochs", "4", "--report", report)
+    assert result.exit_code == 0, result.output
+    rows = _rows(report)
+    assert list(rows) == ["simplify", "prune", "distill"]
+    stats = rows["distill"]["stats"]
+    assert stats["student_from"] == "the model earlier passes made"
+    assert stats["drop"] < stats["drop_before_training"] and stats["substituted"] is True
+    refused = _invoke(TEACHER, "-o", tmp_path / "p.onnx", "--prune", "0.5", "--distill", "--student-width", "0.5",
+                      "--train-data", train_path, "--eval-data", EVAL)
+    assert refused.exit_code == 2 and "already changed the model, which makes it the student" in refused.output
+
+
 def test_without_a_student_and_nothing_pruned_distill_says_what_to_give(tmp_path, train_path):
     result = _invoke(TEACHER, "-o", tmp_path / "o.onnx", "--distill", "--train-data", train_path, "--eval-data", EVAL)
     assert result.exit_code == 2

@@ -2,7 +2,8 @@
 
 Three sources, decided by the options and by what the pass receives:
 
-* ``student="path.onnx"`` — a user model; the teacher is the model the pass receives;
+* ``student="path.onnx"`` — a user model; the teacher is the model the pass receives (refused when an
+  earlier pass changed what that model computes: it would then be the student, see the last case);
 * ``student_width=W`` — the teacher channel-pruned to width ``W`` (``amount = 1 − W``) by
   :func:`graphopt.passes.prune.channel.prune_channels`, surviving weights kept as the initialization
   (prune-then-distill);

@@ -195,7 +195,11 @@ class DistillPass(GraphoptPass):
         """(teacher, student, notes, how the student was made) — see :mod:`.student`."""
         from graphopt.passes.distill.student import prune_to_width
 
-        options = self.options
+        options, source = self.options, self.context.source
+        if (options.student is not None or options.student_width is not None) and source is not None \
+                and not self._computes_the_same(source, model):
+            raise InputError("an earlier pass (e.g. prune) already changed the model, which makes it the student: "
+                             "drop --student/--student-width, or run distill without that pass")
         if options.student is not None:
             return model, self._load_user_student(), [], f"file {options.student}"
         if options.student_width is not None:
@@ -203,7 +207,6 @@ class DistillPass(GraphoptPass):
             student, notes = prune_to_width(model, options.student_width)
             notes.append(f"auto-student built in {time.perf_counter() - started:.1f}s")
             return model, student, notes, f"teacher channel-pruned to width {options.student_width:g}"
-        source = self.context.source
         if source is None or self._computes_the_same(source, model):
             raise InputError("distill needs a student: give --student PATH or --student-width W, or run a pruning "
                              "pass before distill (the pruned model is then the student)")
