@@ -47,7 +47,7 @@ def _rows(report_path: Path) -> dict:
     return {row["name"]: row for row in json.loads(report_path.read_text())["rows"]}
 
 
-def test_width_quarter_student_improves_then_int8_applies_to_it(tmp_path, train_path):
+def test_width_half_student_improves_then_int8_applies_to_it(tmp_path, train_path):
     """A tiny end-to-end run: the pruned student gets better than its initialization, replaces the
     teacher within 1 point, and int8 then quantizes the student in the same command."""
     out, report = tmp_path / "student.onnx", tmp_path / "report.json"
