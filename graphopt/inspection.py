@@ -23,11 +23,8 @@ count; ``macs.in_subgraphs`` says how much of the total comes from them.
 Sparsity is the fraction of stored values that are exactly zero, over *weights*: float or
 small-integer initializers (and ``Constant`` tensors) with at least two dimensions. A weight
 follows the **2:4 pattern** when, split into groups of 4 consecutive values along its
-reduction (input-channel) axis, every group has at least 2 zeros; that axis length must be a
-multiple of 4. The reduction axis is read from the weight's consumer (through one
-``DequantizeLinear``/``Cast``): axis 1 for ``Conv`` weights ``[Cout, Cin/g, k…]``, axis 0 for
-``ConvTranspose`` ``[Cin, Cout/g, k…]``, axis -2 for a ``MatMul`` right operand ``[…, K, N]``,
-``Gemm`` B by ``transB``; the last axis otherwise.
+reduction (input-channel) axis, every group has at least 2 zeros (the rule and the axis are in
+:mod:`graphopt.sparsity`, shared with the prune pass).
 """
 
 from __future__ import annotations
@@ -48,6 +45,7 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.model_io import load_model
 from graphopt.scratch import scratch_cwd
+from graphopt.sparsity import follows_n_m, reduction_axis
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -373,12 +371,12 @@ def _sparsity(weights: list[_Weight], model: ir.Model) -> dict[str, Any]:
             continue
         array = w.tensor.numpy()
         zeros = int(array.size - np.count_nonzero(array))
-        axis = _reduction_axis(w.value, len(w.shape))
+        axis = reduction_axis(w.value, len(w.shape))
         zeros_total += zeros
         elems_total += array.size
         rows.append({"name": w.name, "shape": list(w.shape), "dtype": _dtype_name(w.dtype),
                      "zeros": zeros, "fraction": zeros / array.size,
-                     "two_four": _follows_2_4(array, axis), "axis": axis})
+                     "two_four": follows_n_m(array, axis, 2, 4), "axis": axis})
     rows.sort(key=lambda r: -r["fraction"])
     return {
         "overall": (zeros_total / elems_total) if elems_total else 0.0,
@@ -386,37 +384,6 @@ def _sparsity(weights: list[_Weight], model: ir.Model) -> dict[str, Any]:
         "weights_2_4": [r["name"] for r in rows if r["two_four"]],
         "any_2_4": any(r["two_four"] for r in rows),
     }
-
-
-def _follows_2_4(array: np.ndarray, axis: int) -> bool:
-    """Every group of 4 consecutive values along ``axis`` has at least 2 exact zeros."""
-    if array.shape[axis] % 4:
-        return False
-    groups = np.moveaxis(array, axis, -1).reshape(-1, 4)
-    return bool(((groups == 0).sum(axis=1) >= 2).all())
-
-
-def _reduction_axis(value: ir.Value, rank: int) -> int:
-    """The input-channel axis of a weight, from its consumer (see module docstring); last otherwise."""
-    frontier = [value]
-    for _ in range(2):  # the weight itself, then through one DequantizeLinear / Cast
-        nxt = []
-        for val in frontier:
-            for node, index in val.uses():
-                op = node.op_type if node.domain in DEFAULT_DOMAINS else None
-                if op in ("Conv", "ConvInteger") and index == 1 or op == "QLinearConv" and index == 3:
-                    return 1
-                if op == "ConvTranspose" and index == 1:
-                    return 0
-                if op in ("MatMul", "MatMulInteger") and index == 1 or op == "QLinearMatMul" and index == 3:
-                    return rank - 2
-                if op == "Gemm" and index == 1:
-                    trans_b = node.attributes.get("transB")
-                    return 1 if trans_b is not None and trans_b.as_int() else 0
-                if op in ("DequantizeLinear", "Cast") and index == 0:
-                    nxt.extend(node.outputs)
-        frontier = nxt
-    return rank - 1
 
 
 # ---------------------------------------------------------------- MACs
@@ -480,6 +447,18 @@ def _int_attr(node: ir.Node, name: str) -> int:
     return attr.as_int() if attr is not None else 0
 
 
+def macs_by_node(model: ir.Model, shape_overrides: dict[str, tuple[int, ...]] | None = None) -> dict[str, int | None]:
+    """MACs of every MAC-heavy node of the main graph by node name (``None`` when its shapes are not
+    static), at the shapes inference finds after ``shape_overrides``. The model is not modified."""
+    inferred = model.clone()
+    _apply_overrides(inferred, dict(shape_overrides or {}))
+    _infer_shapes(inferred)
+    if _has_unknown_mac_nodes(inferred):
+        _symbolic_infer(inferred)
+    return {node.name: _node_macs(node) for node in inferred.graph
+            if node.domain in DEFAULT_DOMAINS and node.op_type in MAC_OPS}
+
+
 def _count_macs(model: ir.Model) -> dict[str, Any]:
     """Total and per-op-type MACs of the MAC-heavy ops; nodes with non-static shapes are unknown."""
     by_op: dict[str, int] = collections.defaultdict(int)
@@ -510,7 +489,8 @@ def _count_macs(model: ir.Model) -> dict[str, Any]:
 # ---------------------------------------------------------------- precision
 
 
-def _is_quant_op(key: str) -> bool:
+def is_quant_op(key: str) -> bool:
+    """Whether an op key (``Op`` or ``domain::Op``) is a quantized op (Q/DQ, QLinear*, *Integer, contrib)."""
     op = key.split("::")[-1]
     return (op in QDQ_OPS or op in DYNAMIC_QUANT_OPS or op in QUANT_CONTRIB_OPS
             or op.startswith("QLinear") or op.endswith("Integer"))
@@ -526,14 +506,14 @@ def _precision(model: ir.Model, histogram: collections.Counter[str], weights: li
     * fp16 / bf16: an initializer or any declared/inferred tensor of that type.
     """
     ops = {k.split("::")[-1] for k in histogram}
-    quant_ops = sorted(k for k in histogram if _is_quant_op(k))
+    quant_ops = sorted(k for k in histogram if is_quant_op(k))
     int_weights = sorted({_dtype_name(w.dtype) for w in weights if _is_weight(w) and w.dtype in LOW_BIT_INT})
     quantized = bool(quant_ops or int_weights)
     fmt = None
     if quantized:
         if ops & DYNAMIC_QUANT_OPS:
             fmt = "dynamic"
-        elif any(_is_quant_op(k) and k.split("::")[-1] not in QDQ_OPS for k in quant_ops):
+        elif any(is_quant_op(k) and k.split("::")[-1] not in QDQ_OPS for k in quant_ops):
             fmt = "QOperator"
         elif "QuantizeLinear" in ops:
             fmt = "QDQ"

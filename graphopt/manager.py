@@ -36,7 +36,7 @@ from graphopt.verify import Comparison, compare_outputs
 LOSSLESS_RTOL = 1e-3
 """A lossless pass may move each output by at most this fraction of the output's largest magnitude."""
 
-NEED_FLAGS = {"calib": "--calib-data", "eval": "--eval-data"}
+NEED_FLAGS = {"calib": "--calib-data", "eval": "--eval-data", "train": "--train-data"}
 
 
 @dataclasses.dataclass
@@ -91,6 +91,7 @@ class PassManager(FunctionalPass):
             return self._call(model)
 
     def _call(self, model: ir.Model) -> ManagerResult:
+        self.context.source = model
         data = self.comparison_data(model)
         batch = data.batch_size_for(input_specs(model))
         try:

@@ -27,6 +27,7 @@ from onnx_ir.passes import common as ir_common
 
 from graphopt import large
 from graphopt.errors import InputError, first_line
+from graphopt.sparse_initializers import STORE_SPARSE_KEY, to_sparse
 
 DEFAULT_OPSET = 17
 """Opset that old models (< 13) are upgraded to when a pass needs a newer one."""
@@ -70,6 +71,10 @@ def load_proto(path: Path) -> onnx.ModelProto:
         raise InputError(f"not a valid ONNX file (no graph inside): {path}")
     if not proto.opset_import:
         raise InputError(f"not a valid ONNX file (no opset import): {path}")
+    if proto.graph.sparse_initializer:  # onnx_ir keeps dense tensors only
+        from graphopt.sparse_initializers import to_dense
+
+        to_dense(proto)
     return proto
 
 
@@ -185,7 +190,9 @@ def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, 
     tensor by tensor (64 KiB-aligned, so onnxruntime can map them): no weight passes through memory.
     ``external_data=True`` asks for that layout whatever the size (``optimize`` does when the input
     came with external data). The files get the mode any new file gets under the user's umask.
-    ``input_path`` guards against overwriting the input.
+    ``input_path`` guards against overwriting the input. Initializers listed under
+    :data:`~graphopt.sparse_initializers.STORE_SPARSE_KEY` in the model's metadata are written as
+    sparse initializers (inline models only: onnx's external data has no sparse form).
     """
     output = Path(output)
     check_output_path(output, input_path)
@@ -194,7 +201,10 @@ def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, 
         if external_data or large.is_large(model) or large.has_external_weights(model):
             _write_with_external_data(model, output)
         else:
-            _write(large.inline_proto(model), output)
+            proto = large.inline_proto(model)
+            if any(e.key == STORE_SPARSE_KEY for e in proto.metadata_props):
+                to_sparse(proto)  # weights a pass asked to store as sparse initializers
+            _write(proto, output)
     except OSError as exc:
         raise InputError(f"cannot write {output}: {exc.strerror or exc}") from exc
     return output

@@ -71,7 +71,7 @@ class Report:
             table.add_column(column, justify=justify, no_wrap=column != "quality vs original")
         table.add_column("details", overflow="fold", ratio=1)
         for row in self.rows:
-            details = ", ".join(f"{k}={_short(v)}" for k, v in row.stats.items())
+            details = ", ".join(f"{k}={_short(v)}" for k, v in row.stats.items() if not _is_table(v))
             if row.notes:
                 details = "; ".join(filter(None, [details, *row.notes]))
             status = row.status + (" (cached)" if row.cache_hit else "")
@@ -85,6 +85,10 @@ class Report:
             f"{self.total_seconds:.2f}s total" + (f" · eval on {self.eval_source}" if self.eval_source else "")
         )
         console.print(table)
+        for row in self.rows:
+            for key, value in row.stats.items():
+                if _is_table(value):
+                    _render_rows(console, f"{row.name}: {key.replace('_', ' ')}", value)
         _render_latency_and_engine(console, self.latency, self.engine)
         for note in self.notes:
             console.print(f"[dim]note:[/dim] {note}")
@@ -104,6 +108,26 @@ def _render_latency_and_engine(console: Console, latency: dict[str, Any] | None,
     if engine:
         console.print(f"engine: {engine['engine']} for target {engine['target']} in {engine['dir']} "
                       f"(runs on {', '.join(engine['providers'])})")
+
+
+MAX_DETAIL_ROWS = 40
+
+
+def _is_table(value: Any) -> bool:
+    """A stats entry that is a list of row dicts (e.g. prune's per-group rows) gets its own table."""
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
+
+
+def _render_rows(console: Console, title: str, rows: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = Table(title=title, title_justify="left", title_style="bold", show_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows[:MAX_DETAIL_ROWS]:
+        table.add_row(*(_short(row.get(column, "")) for column in columns))
+    if len(rows) > MAX_DETAIL_ROWS:
+        table.caption = f"… {len(rows) - MAX_DETAIL_ROWS} more rows in the JSON report"
+    console.print(table)
 
 
 def _mb(size: int) -> str:

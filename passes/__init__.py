@@ -12,8 +12,10 @@ import importlib
 
 PASS_REGISTRY: dict[str, str] = {
     "simplify": "graphopt.passes.simplify:SimplifyPass",
+    "prune": "graphopt.passes.prune:PrunePass",
     "int8": "graphopt.passes.int8:Int8Pass",
     "fp16": "graphopt.passes.fp16:Fp16Pass",
+    "distill": "graphopt.passes.distill:DistillPass",
 }
 
 

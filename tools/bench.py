@@ -25,7 +25,11 @@ Variants (``VARIANTS``; a later issue adds one with :func:`variant`). A variant 
 * ``occ-fp16`` — onnxconverter-common ``convert_float_to_float16(keep_io_types=True)``;
 * ``occ-fp16-mixed`` — onnxconverter-common ``auto_convert_mixed_precision`` (keep_io_types, rtol 0.01,
   atol 0.001, checked on the first eval samples);
-* ``graphopt-fp16`` / ``graphopt-bf16`` — graphopt passes ``simplify, fp16`` (precision bf16 for the latter).
+* ``graphopt-fp16`` / ``graphopt-bf16`` — graphopt passes ``simplify, fp16`` (precision bf16 for the latter);
+* ``graphopt-prune-0.3`` / ``-0.5`` — graphopt passes ``simplify, prune`` (channel, that amount);
+  ``graphopt-prune-0.5+int8`` adds ``int8``; ``graphopt-unstructured-0.5`` / ``-0.8`` (``-sparse``: stored as
+  sparse initializers) and ``graphopt-2:4`` — the other prune modes (``tools/bench_prune.py`` makes the
+  pruning tables from these).
 
 Calibration for the ORT peers streams the model's calib file one sample at a time.
 """
@@ -261,6 +265,24 @@ def _graphopt_fp16(case: Case, out: Path) -> Converted:
 def _graphopt_bf16(case: Case, out: Path) -> Converted:
     _require_pass("fp16")
     return _graphopt(case, out, {"passes": ["simplify", {"fp16": {"precision": "bf16"}}]}, target="cuda")
+
+
+def _prune_variant(name: str, options: dict, then: tuple = ()) -> None:
+    """Register ``graphopt-<name>``: graphopt passes ``simplify, prune(options), *then`` (target cpu)."""
+    def convert(case: Case, out: Path) -> Converted:
+        _require_pass("prune")
+        return _graphopt(case, out, {"passes": ["simplify", {"prune": options}, *then]})
+
+    variant(f"graphopt-{name}", "prune", "graphopt")(convert)
+
+
+for _amount in (0.3, 0.5):
+    _prune_variant(f"prune-{_amount}", {"amount": _amount})
+_prune_variant("prune-0.5+int8", {"amount": 0.5}, ("int8",))
+for _amount in (0.5, 0.8):
+    _prune_variant(f"unstructured-{_amount}", {"amount": _amount, "mode": "unstructured"})
+    _prune_variant(f"unstructured-{_amount}-sparse", {"amount": _amount, "mode": "unstructured", "store": "sparse"})
+_prune_variant("2:4", {"amount": 0.5, "mode": "2:4"})
 
 
 # ------------------------------------------------------------------------------------------ variant helpers
