@@ -22,8 +22,10 @@ demo: install
 	$(BIN)/graphopt optimize models/digits_cnn.onnx -o /tmp/graphopt-demo.onnx --int8 \
 		--eval-data models/digits_cnn_eval.npz --calib-data models/digits_cnn_calib.npz --target cpu --no-cache
 
-## make test: install the dev extras and run the whole suite (CI calls this).
+## make test: install the dev extras and torch (CPU, for the distillation tests), then run the whole suite (CI calls this).
 test: install-dev
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev,distill]"
 	$(BIN)/python -m pytest -q
 
 lint: install-dev

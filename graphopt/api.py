@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx_ir as ir
 
+from graphopt import large
 from graphopt.cache import PassCache
 from graphopt.console import WarningLog
 from graphopt.data import DataSet, input_specs, load_data
@@ -37,6 +39,7 @@ from graphopt.versions import library_versions
 
 if TYPE_CHECKING:
     from graphopt.engines.build import BuildOptions
+    from graphopt.passes.distill import DistillOptions
     from graphopt.passes.fp16 import Fp16Options
     from graphopt.passes.int8 import Int8Options
     from graphopt.passes.prune import PruneOptions
@@ -67,9 +70,11 @@ def optimize(
     prune: PruneOptions | float | None = None,
     int8: Int8Options | bool | None = None,
     fp16: Fp16Options | bool | None = None,
+    distill: DistillOptions | bool | None = None,
     calib: DataLike | None = None,
     calib_data: DataLike | None = None,
     eval_data: DataLike | None = None,
+    train_data: DataLike | None = None,
     target: str | Target | None = None,
     max_accuracy_drop: float | None = None,
     metric: MetricChoice | None = None,
@@ -83,10 +88,12 @@ def optimize(
     """Optimize ``model`` and return the new model with its report.
 
     ``passes`` (or a ``pipeline``) say what to run; by default only ``simplify``. The shortcuts
-    ``prune=PruneOptions(...)`` (or an amount), ``int8=Int8Options(...)`` / ``fp16=Fp16Options(...)``
-    (or ``True`` for the defaults) run ``simplify`` then those passes, as the CLI's ``--prune`` /
-    ``--int8`` / ``--fp16`` flags do. ``calib`` is
-    ``calib_data`` by its short name. ``output`` is
+    ``prune=PruneOptions(...)`` (or an amount), ``distill=DistillOptions(...)``, ``int8=Int8Options(...)`` /
+    ``fp16=Fp16Options(...)`` (``True`` for the defaults) run ``simplify`` then those passes in that order,
+    as the CLI's ``--prune`` / ``--distill`` / ``--int8`` / ``--fp16`` flags do. ``calib`` is ``calib_data``
+    by its short name; ``train_data`` feeds passes that learn (``distill``) and must differ from
+    ``eval_data``. Without ``max_accuracy_drop`` the budget is the pipeline's, else the smallest default of
+    its passes (``distill``: 1 point), else none. ``output`` is
     written atomically (never over the input) unless the accuracy budget is missed — then only with
     ``keep_best`` (or a pass whose options set ``keep_best``), and ``passed`` stays False. Raises
     :class:`~graphopt.errors.GraphoptError` subclasses for bad input.
@@ -105,7 +112,7 @@ def optimize(
         if calib_data is not None:
             raise InputError("give calib or calib_data, not both")
         calib_data = calib
-    shortcuts = shortcut_passes(int8, fp16, prune)
+    shortcuts = shortcut_passes(int8, fp16, prune, distill)
     if sum(x is not None for x in (passes, pipeline, shortcuts)) > 1:
         raise InputError("give one of passes, pipeline or the int8=/fp16= shortcuts (prune= included)")
     if pipeline is None:
@@ -113,6 +120,9 @@ def optimize(
 
         pipeline = Pipeline(passes if passes is not None else shortcuts or [SimplifyPass()], None, None)
     budget = max_accuracy_drop if max_accuracy_drop is not None else pipeline.max_accuracy_drop
+    if budget is None:
+        defaults = [p.default_max_accuracy_drop for p in pipeline.passes if p.default_max_accuracy_drop is not None]
+        budget = min(defaults) if defaults else None
     chosen_metric = metric if metric is not None else pipeline.metric
     if budget is not None and budget < 0:
         raise InputError(f"--max-accuracy-drop must be ≥ 0 percentage points, got {budget}")
@@ -133,12 +143,16 @@ def optimize(
     specs = input_specs(source_model)
     calib = _data(calib_data, "calibration", specs)
     evaluation = _data(eval_data, "evaluation", specs)
+    training = _data(train_data, "training", specs)
+    check_train_differs(training, evaluation)
     check_metric_choice(chosen_metric, evaluation.labels if evaluation is not None else None)
     resolved = _target(target if target is not None else pipeline.target)
 
-    context = PassContext(target=resolved, calib=calib, eval=evaluation, max_accuracy_drop=budget,
-                          metric=chosen_metric, warnings=WarningLog())
-    manager = PassManager(pipeline.passes, context, PassCache(Path(cache_dir) if cache_dir else None, enabled=cache))
+    pass_cache = PassCache(Path(cache_dir) if cache_dir else None, enabled=cache)
+    context = PassContext(target=resolved, calib=calib, eval=evaluation, train=training, max_accuracy_drop=budget,
+                          metric=chosen_metric, warnings=WarningLog(),
+                          cache_dir=pass_cache.root if pass_cache.enabled else None)
+    manager = PassManager(pipeline.passes, context, pass_cache)
     result = manager(source_model)
 
     comparison = result.comparison
@@ -154,28 +168,14 @@ def optimize(
     if result.comparison_data is not None and result.comparison_data.synthetic:
         notes.append("outputs compared on generated probe inputs; give --eval-data for real accuracy")
 
-    written = None
-    keep_best = keep_best or any(getattr(p.options, "keep_best", False) for p in pipeline.passes)
-    if output_path is not None and (passed or keep_best):
-        written = save_model(result.model, output_path, input_path=input_path)
-
     latency = _latency(source_model, result.model, resolved, latency_budget, evaluation)
-    engine_summary = None
-    if engine is not None and written is not None:
-        from graphopt.engines.build import build_engine
-
-        manifest = build_engine(written, Path(engine_dir), engine, data=evaluation)
-        runtime = manifest.ort or {}
-        engine_summary = {"dir": str(engine_dir), "engine": manifest.engine, "target": manifest.target.get("kind"),
-                          "providers": runtime.get("providers") or [f"TensorRT {(manifest.tensorrt or {}).get('version')}"],
-                          "fallback_reason": runtime.get("fallback_reason"), "precision": manifest.precision}
 
     reference_metrics = None
     if comparison is not None:
         reference_metrics = {m.output: {"kind": m.kind, "value": m.reference_value} for m in comparison.metrics}
     report = Report(
         input_path=str(input_path) if input_path else None,
-        output_path=str(written) if written else None,
+        output_path=None,
         input_hash=model_hash(loaded),
         output_hash=model_hash(result.model),
         versions=library_versions(),
@@ -192,9 +192,30 @@ def optimize(
         eval_source=result.comparison_data.source if result.comparison_data else None,
         metric=chosen_metric,
         latency=latency,
-        engine=engine_summary,
     )
+    # The report is complete before any file is written, so nothing that can fail (hashing a model
+    # over protobuf's limit did) comes after an output that a failed run would leave behind.
+    keep_best = keep_best or any(getattr(p.options, "keep_best", False) for p in pipeline.passes)
+    written = None
+    if output_path is not None and (passed or keep_best):
+        written = save_model(result.model, output_path, input_path=input_path,
+                             external_data=large.has_external_weights(loaded))  # the layout the user gave
+        report.output_path = str(written)
+        if engine is not None:
+            report.engine = _build_engine(written, Path(engine_dir), engine, evaluation)
+        report.total_seconds = time.perf_counter() - started
     return OptimizeResult(result.model, report, written, passed)
+
+
+def _build_engine(model_path: Path, engine_dir: Path, options, evaluation: DataSet | None) -> dict:
+    """Build the engine from the written model; the report's ``engine`` summary."""
+    from graphopt.engines.build import build_engine
+
+    manifest = build_engine(model_path, engine_dir, options, data=evaluation)
+    runtime = manifest.ort or {}
+    return {"dir": str(engine_dir), "engine": manifest.engine, "target": manifest.target.get("kind"),
+            "providers": runtime.get("providers") or [f"TensorRT {(manifest.tensorrt or {}).get('version')}"],
+            "fallback_reason": runtime.get("fallback_reason"), "precision": manifest.precision}
 
 
 def _latency(original: ir.Model, optimized: ir.Model, target: Target, budget: float | None,
@@ -209,11 +230,13 @@ def _latency(original: ir.Model, optimized: ir.Model, target: Target, budget: fl
 
 
 def shortcut_passes(int8: Int8Options | bool | None, fp16: Fp16Options | bool | None,
-                    prune: PruneOptions | float | None = None) -> list[GraphoptPass] | None:
-    """``[simplify, prune?, int8?, fp16?]`` for the ``prune=`` (options or an amount), ``int8=`` /
-    ``fp16=`` (options object or ``True``) shortcuts, ``None`` when none is given."""
-    if int8 in (None, False) and fp16 in (None, False) and prune is None:
+                    prune: PruneOptions | float | None = None,
+                    distill: DistillOptions | bool | None = None) -> list[GraphoptPass] | None:
+    """``[simplify, prune?, distill?, int8?, fp16?]`` for the ``prune=`` (options or an amount),
+    ``distill=`` / ``int8=`` / ``fp16=`` (options object or ``True``) shortcuts, ``None`` when none is given."""
+    if all(value in (None, False) for value in (int8, fp16, distill)) and prune is None:
         return None
+    from graphopt.passes.distill import DistillOptions, DistillPass
     from graphopt.passes.fp16 import Fp16Options, Fp16Pass
     from graphopt.passes.int8 import Int8Options, Int8Pass
     from graphopt.passes.prune import PruneOptions, PrunePass
@@ -224,7 +247,8 @@ def shortcut_passes(int8: Int8Options | bool | None, fp16: Fp16Options | bool | 
         if isinstance(prune, bool) or not isinstance(prune, PruneOptions | int | float):
             raise InputError(f"prune= takes PruneOptions(...) or an amount, got {type(prune).__name__}")
         built.append(PrunePass(prune if isinstance(prune, PruneOptions) else PruneOptions(amount=float(prune))))
-    for value, pass_type, options_type, name in ((int8, Int8Pass, Int8Options, "int8"),
+    for value, pass_type, options_type, name in ((distill, DistillPass, DistillOptions, "distill"),
+                                                 (int8, Int8Pass, Int8Options, "int8"),
                                                  (fp16, Fp16Pass, Fp16Options, "fp16")):
         if value in (None, False):
             continue
@@ -240,6 +264,17 @@ def _data(data: DataLike | None, role: str, specs) -> DataSet | None:
     dataset = data if isinstance(data, DataSet) else load_data(data)
     dataset.check_against(specs, role)
     return dataset
+
+
+def check_train_differs(train: DataSet | None, evaluation: DataSet | None) -> None:
+    """Refuse training data identical to the evaluation data: a substitution justified on the data it was
+    trained on proves nothing."""
+    if train is None or evaluation is None:
+        return
+    if train.inputs.keys() == evaluation.inputs.keys() and all(
+            np.array_equal(train.inputs[k], evaluation.inputs[k]) for k in train.inputs):
+        raise InputError(f"training data {train.source} is the evaluation data {evaluation.source}; "
+                         "give a held-out evaluation set")
 
 
 def _target(target: str | Target | None) -> Target:

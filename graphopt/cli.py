@@ -55,7 +55,8 @@ def main(debug: bool) -> None:
 
 # Each pass that has flags owns a `graphopt/cli_<pass>.py` module with `OPTIONS` (click options)
 # and `build_pass(params) -> GraphoptPass | None`; listed here in pipeline order.
-PASS_FLAG_MODULES = ["graphopt.cli_simplify", "graphopt.cli_prune", "graphopt.cli_int8", "graphopt.cli_fp16"]
+PASS_FLAG_MODULES = ["graphopt.cli_simplify", "graphopt.cli_prune", "graphopt.cli_distill", "graphopt.cli_int8",
+                     "graphopt.cli_fp16"]
 
 
 def _pass_flag_modules():
@@ -77,6 +78,7 @@ def _with_pass_flags(command):
 @_with_pass_flags
 @click.option("--calib-data", type=click.Path(path_type=Path), help="Calibration data: .npz or a folder of them.")
 @click.option("--eval-data", type=click.Path(path_type=Path), help="Evaluation data (.npz, optional 'labels') to prove accuracy.")
+@click.option("--train-data", type=click.Path(path_type=Path), help="Training data for --distill (.npz, optional 'labels'; not the eval data).")
 @click.option("--target", type=click.Choice(TARGET_KINDS), help="Where the model will run [default: best this machine runs].")
 @click.option("--max-accuracy-drop", type=float, metavar="PCT", help="Largest allowed quality drop, percentage points.")
 @click.option("--metric", type=click.Choice(METRIC_CHOICES),
@@ -91,7 +93,7 @@ def _with_pass_flags(command):
 @cli_engines.with_optimize_options
 @click.pass_context
 def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: Path | None,
-             eval_data: Path | None, target: str | None, max_accuracy_drop: float | None, metric: str | None,
+             eval_data: Path | None, train_data: Path | None, target: str | None, max_accuracy_drop: float | None, metric: str | None,
              report_path: Path | None, as_json: bool, config: Path | None, cache_dir: Path | None, no_cache: bool, **pass_flags) -> None:
     """Optimize MODEL for a target and report what changed and how accurate it stays."""
     from graphopt.api import default_output_path
@@ -126,7 +128,7 @@ def optimize(ctx: click.Context, model: Path, output: Path | None, calib_data: P
     resolved = make_target(pipeline.target)
     stderr.print(f"target: {resolved.describe()}" + ("" if pipeline.target else " (pass --target in deployment pipelines)"))
     result = run_optimize(model, output, pipeline=pipeline, calib_data=calib_data, eval_data=eval_data,
-                          target=resolved, max_accuracy_drop=max_accuracy_drop, metric=metric,
+                          train_data=train_data, target=resolved, max_accuracy_drop=max_accuracy_drop, metric=metric,
                           cache=not no_cache, cache_dir=cache_dir, **engine_arguments)
     if report_path is not None:
         result.report.write_json(report_path)
@@ -179,6 +181,14 @@ def inspect(model: Path, shapes: tuple[str, ...], as_json: bool) -> None:
     else:
         render_inspection(info, report_console())
 
+
+def _add_cache_command() -> None:
+    from graphopt.cli_cache import cache
+
+    main.add_command(cache)
+
+
+_add_cache_command()
 
 cli_engines.register(main)
 

@@ -30,15 +30,10 @@ def set_progress(enabled: bool) -> None:
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """Iterate ``items`` under a progress bar (transient; only on a terminal)."""
-    if not (_progress_enabled and stderr.is_terminal):
-        yield from items
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=stderr, transient=True) as progress:
-        task = progress.add_task(description, total=total)
+    with progress_bar(description, total) as bar:
         for item in items:
             yield item
-            progress.advance(task)
+            bar.advance()
 
 
 class WarningLog:
@@ -95,3 +90,25 @@ class _LogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.log.add(record.getMessage())
+
+
+class ProgressBar:
+    """A progress bar whose description can change (e.g. a training loss); silent off a terminal."""
+
+    def __init__(self, progress: Progress | None, task: int | None) -> None:
+        self._progress, self._task = progress, task
+
+    def advance(self, steps: int = 1, description: str | None = None) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=steps, **({"description": description} if description else {}))
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[ProgressBar]:
+    """A transient progress bar on stderr (only on a terminal and when progress is on)."""
+    if not (_progress_enabled and stderr.is_terminal):
+        yield ProgressBar(None, None)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        yield ProgressBar(progress, progress.add_task(description, total=total))

@@ -21,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import FunctionalPass
 
+from graphopt import large
 from graphopt.cache import PassCache
 from graphopt.console import captured_warnings
 from graphopt.data import DataSet, input_specs, probe_data
@@ -35,7 +36,7 @@ from graphopt.verify import Comparison, compare_outputs
 LOSSLESS_RTOL = 1e-3
 """A lossless pass may move each output by at most this fraction of the output's largest magnitude."""
 
-NEED_FLAGS = {"calib": "--calib-data", "eval": "--eval-data"}
+NEED_FLAGS = {"calib": "--calib-data", "eval": "--eval-data", "train": "--train-data"}
 
 
 @dataclasses.dataclass
@@ -84,6 +85,13 @@ class PassManager(FunctionalPass):
         return probe_data(input_specs(model))
 
     def call(self, model: ir.Model) -> ManagerResult:
+        """Every pass in order (module docstring); a model that keeps its weights out of protos
+        (:mod:`graphopt.large`) runs inside one weight scope, so each pass sees them where they lie."""
+        with large.scope_for(model):
+            return self._call(model)
+
+    def _call(self, model: ir.Model) -> ManagerResult:
+        self.context.source = model
         data = self.comparison_data(model)
         batch = data.batch_size_for(input_specs(model))
         try:
@@ -106,7 +114,7 @@ class PassManager(FunctionalPass):
                 row.notes.append(f"opset upgraded {old} → {DEFAULT_OPSET}")
             result, row.cache_hit = self._run_pass(p, working)
             row.stats, row.notes = dict(result.stats), row.notes + list(result.notes)
-            candidate = result.model
+            candidate = large.resolve(result.model) if large.active_store() is not None else result.model
             check = validate_model(candidate, require_runtime=self.context.target.kind == "cpu")
             rolled_back_reason = None
             if not check.ok:
@@ -138,6 +146,7 @@ class PassManager(FunctionalPass):
             elif reference is not None:
                 row.metric_summary = "not measured: cannot run on this machine"
             rows.append(row)
+            check = outputs = None  # the session maps the model's weights: release it before the next pass
         modified = any(r.status == "applied" for r in rows)
         return ManagerResult(working if working is not model else model.clone(), modified, rows=rows,
                              reference=reference, comparison=comparison, comparison_data=data)
@@ -169,7 +178,10 @@ class PassManager(FunctionalPass):
         if not isinstance(result, GraphoptPassResult):
             result = GraphoptPassResult(result.model, result.modified)
         if key:
-            self.cache.put(key, result.model, {"modified": result.modified, "stats": result.stats, "notes": result.notes})
+            note = self.cache.put(key, result.model, {"modified": result.modified, "stats": result.stats,
+                                                      "notes": result.notes})
+            if note:
+                result.notes = [*result.notes, note]
         return result, False
 
 

@@ -5,7 +5,9 @@ Rules:
 * Saving never writes over the input file, always goes through a temporary file in the
   destination folder followed by ``os.replace`` (atomic on POSIX), and removes the temporary
   file on any failure, Ctrl-C included.
-* Models whose serialized size would exceed protobuf's 2 GB limit are saved with external data.
+* Models whose weights reach protobuf's 2 GB limit are saved with external data; weights in
+  external data are memory-mapped, never copied into one proto (:mod:`graphopt.large`).
+* Written files get the mode any new file gets under the user's umask.
 """
 
 from __future__ import annotations
@@ -13,18 +15,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_common
 
+from graphopt import large
 from graphopt.errors import InputError, first_line
 from graphopt.sparse_initializers import STORE_SPARSE_KEY, to_sparse
 
-PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 1
 DEFAULT_OPSET = 17
 """Opset that old models (< 13) are upgraded to when a pass needs a newer one."""
 
@@ -34,19 +38,25 @@ ModelLike = str | os.PathLike | onnx.ModelProto | ir.Model
 def load_model(source: ModelLike) -> ir.Model:
     """Load a model from a path, a ``ModelProto`` or an ``ir.Model`` (returned as is).
 
-    External data next to the file is loaded. Raises :class:`InputError` with one line that
-    names the problem for a missing, empty, truncated or non-ONNX file.
+    Weights in external data files stay there: they are memory-mapped when first read
+    (:mod:`graphopt.large`), so loading a 10 GB model costs no more than its graph. Raises
+    :class:`InputError` with one line that names the problem for a missing, empty, truncated or
+    non-ONNX file, and for external data that is missing or shorter than the model says.
     """
     if isinstance(source, ir.Model):
         return source
     if isinstance(source, onnx.ModelProto):
         return ir.from_proto(source)
     path = Path(source)
-    return ir.from_proto(load_proto(path))
+    model = ir.serde.deserialize_model(load_proto(path))
+    ir.external_data.set_base_dir(model.graph, path.parent)
+    _check_external_data(model, path)
+    return model
 
 
 def load_proto(path: Path) -> onnx.ModelProto:
-    """Read a ``ModelProto`` from ``path`` with one-line errors for every way a file can be bad."""
+    """Read a ``ModelProto`` from ``path`` (external data not loaded) with one-line errors for every
+    way a file can be bad."""
     if not path.exists():
         raise InputError(f"model file not found: {path}")
     if path.is_dir():
@@ -61,15 +71,31 @@ def load_proto(path: Path) -> onnx.ModelProto:
         raise InputError(f"not a valid ONNX file (no graph inside): {path}")
     if not proto.opset_import:
         raise InputError(f"not a valid ONNX file (no opset import): {path}")
-    try:
-        onnx.load_external_data_for_model(proto, str(path.parent))
-    except Exception as exc:
-        raise InputError(f"cannot read the external data of {path}: {first_line(exc)}") from exc
     if proto.graph.sparse_initializer:  # onnx_ir keeps dense tensors only
         from graphopt.sparse_initializers import to_dense
 
         to_dense(proto)
     return proto
+
+
+def _check_external_data(model: ir.Model, path: Path) -> None:
+    """Every external tensor's file exists beside the model and holds the bytes it points at."""
+    sizes: dict[str, int] = {}
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if not isinstance(tensor, ir.ExternalTensor):
+                continue
+            location = Path(tensor.path)
+            if str(location) not in sizes:
+                if not location.is_file():
+                    raise InputError(f"cannot read the external data of {path}: '{tensor.location}' "
+                                     f"(for '{value.name}') is not a file beside the model")
+                sizes[str(location)] = location.stat().st_size
+            end = (tensor.offset or 0) + (tensor.length if tensor.length is not None else tensor.nbytes)
+            if end > sizes[str(location)]:
+                raise InputError(f"cannot read the external data of {path}: '{tensor.location}' ends at byte "
+                                 f"{sizes[str(location)]:,} but '{value.name}' needs bytes up to {end:,} (truncated?)")
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
@@ -83,11 +109,33 @@ def copy_model(model: ir.Model) -> ir.Model:
 
 
 def model_hash(model: ir.Model | onnx.ModelProto) -> str:
-    """SHA-256 of the deterministic serialization: identical graphs and weights give identical hashes."""
-    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
-    digest = hashlib.sha256()
-    digest.update(proto.SerializeToString(deterministic=True))
+    """SHA-256 of a model's content: identical graphs and weights give identical hashes.
+
+    Hashed: the deterministic serialization of the graph with every initializer replaced by a
+    numbered placeholder, then each initializer's name, type, shape and bytes, streamed from where
+    they lie (a memory-mapped file, an array). No proto of the whole model is made: protobuf cannot
+    serialize one over 2 GB, and it would copy every weight.
+    """
+    model = model if isinstance(model, ir.Model) else ir.from_proto(model)
+    store = large.WeightStore()
+    skeleton = large.detach(model, store, min_bytes=0)
+    digest = hashlib.sha256(skeleton.SerializeToString(deterministic=True))
+    for name, tensor in large.placeholders(skeleton).items():
+        source = store.source(tensor.external_data[0].value)
+        digest.update(f"{name}:{source.dtype.name}:{tuple(source.shape)}".encode())
+        for part in _tensor_bytes(source):
+            digest.update(part)
     return digest.hexdigest()
+
+
+def _tensor_bytes(tensor: ir.TensorProtocol) -> Iterator[memoryview | bytes]:
+    """The tensor's bytes as stored, a chunk at a time (read through the page cache for a weight in
+    a file: no mapping, no copy of the whole tensor)."""
+    if tensor.dtype.bitwidth < 8:  # packed 4-bit and 2-bit types: small, hash the packed bytes
+        yield tensor.tobytes()
+        return
+    for chunk in large.chunks(tensor):
+        yield memoryview(np.ascontiguousarray(chunk).view(np.uint8))
 
 
 def file_hash(path: Path) -> str:
@@ -131,73 +179,78 @@ def check_output_path(output: Path, input_path: Path | None) -> None:
         raise InputError(f"output folder is not writable: {folder} ({exc.strerror or exc})") from exc
 
 
-def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, input_path: Path | None = None) -> Path:
+def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, input_path: Path | None = None,
+               external_data: bool | None = None) -> Path:
     """Write ``model`` to ``output`` atomically.
 
-    The bytes go to a temporary file in the destination folder, which is renamed over the
-    destination only once complete. External data (``<name>.data``) is used when the model is
-    larger than protobuf's 2 GB limit. ``input_path`` guards against overwriting the input.
-    Initializers listed under :data:`~graphopt.sparse_initializers.STORE_SPARSE_KEY` in the
-    model's metadata are written as sparse initializers.
+    The bytes go to temporary files in the destination folder, renamed over the destination only
+    once complete. A model whose weights reach :data:`graphopt.large.LARGE_MODEL_BYTES` (protobuf's
+    limit), or whose weights lie in files (it came with external data, or a pass converted weights
+    of such a model), is written with its weights in ``<name>.data`` beside it, copied file to file
+    tensor by tensor (64 KiB-aligned, so onnxruntime can map them): no weight passes through memory.
+    ``external_data=True`` asks for that layout whatever the size (``optimize`` does when the input
+    came with external data). The files get the mode any new file gets under the user's umask.
+    ``input_path`` guards against overwriting the input. Initializers listed under
+    :data:`~graphopt.sparse_initializers.STORE_SPARSE_KEY` in the model's metadata are written as
+    sparse initializers (inline models only: onnx's external data has no sparse form).
     """
     output = Path(output)
     check_output_path(output, input_path)
-    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
-    if proto is not model and any(e.key == STORE_SPARSE_KEY for e in proto.metadata_props):
-        to_sparse(proto)  # weights a pass asked to store as sparse initializers
-    needs_external = proto.ByteSize() > PROTOBUF_LIMIT_BYTES if _small_enough_to_size(proto) else True
-    if needs_external and proto is model:  # onnx moves the weights out of the proto it saves: copy first
-        proto = onnx.ModelProto()
-        proto.CopyFrom(model)
+    model = model if isinstance(model, ir.Model) else ir.from_proto(model)
     try:
-        _write(proto, output, needs_external)
+        if external_data or large.is_large(model) or large.has_external_weights(model):
+            _write_with_external_data(model, output)
+        else:
+            proto = large.inline_proto(model)
+            if any(e.key == STORE_SPARSE_KEY for e in proto.metadata_props):
+                to_sparse(proto)  # weights a pass asked to store as sparse initializers
+            _write(proto, output)
     except OSError as exc:
         raise InputError(f"cannot write {output}: {exc.strerror or exc}") from exc
     return output
 
 
-def _write(proto: onnx.ModelProto, output: Path, needs_external: bool) -> None:
+def _write(proto: onnx.ModelProto, output: Path) -> None:
     with _atomic_target(output) as tmp_path:
-        if needs_external:
-            data_name = output.name + ".data"
-            tmp_data = output.parent / (tmp_path.name + ".data")
-            try:
-                onnx.save_model(
-                    proto, str(tmp_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=tmp_data.name, size_threshold=1024,
-                )
-                # Point the graph at the final data file name, then rename the data file too.
-                _relocate_external_data(tmp_path, tmp_data.name, data_name)
-                os.replace(tmp_data, output.parent / data_name)
-            finally:
-                if tmp_data.exists():
-                    tmp_data.unlink()
-        else:
-            with open(tmp_path, "wb") as handle:
-                handle.write(proto.SerializeToString())
-                handle.flush()
-                os.fsync(handle.fileno())
+        with open(tmp_path, "wb") as handle:
+            handle.write(proto.SerializeToString())
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
-def _small_enough_to_size(proto: onnx.ModelProto) -> bool:
-    """``ByteSize`` itself overflows past 2 GB in some protobuf builds; estimate from raw tensors first."""
-    raw = sum(len(t.raw_data) for t in proto.graph.initializer)
-    return raw < PROTOBUF_LIMIT_BYTES
-
-
-def _relocate_external_data(model_path: Path, old_location: str, new_location: str) -> None:
-    proto = onnx.load(str(model_path), load_external_data=False)
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value == old_location:
-                entry.value = new_location
-    with open(model_path, "wb") as handle:
-        handle.write(proto.SerializeToString())
+def _write_with_external_data(model: ir.Model, output: Path) -> None:
+    """Model and ``<name>.data`` written into a temporary folder beside ``output``, then renamed
+    into place (data first); on any failure nothing new is left."""
+    data_name = output.name + ".data"
+    folder = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    placed: Path | None = None
+    try:
+        tmp_model, tmp_data = folder / output.name, folder / data_name
+        ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=large.DETACH_MIN_BYTES,
+                alignment=65536)
+        mode = new_file_mode()
+        for path in (tmp_data, tmp_model):
+            if path.exists():
+                with open(path, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.chmod(path, mode)
+        if tmp_data.exists():
+            placed = output.parent / data_name
+            os.replace(tmp_data, placed)
+        os.replace(tmp_model, output)
+    except BaseException:
+        if placed is not None:
+            with contextlib.suppress(FileNotFoundError):
+                placed.unlink()
+        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def _atomic_target(output: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``output``; rename it over ``output`` on success, delete it otherwise."""
+    """Yield a temp path beside ``output``; give it the umask's mode and rename it over ``output``
+    on success, delete it otherwise."""
     fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
     tmp_path = Path(name)

@@ -6,11 +6,13 @@ and leaves its input alone, so the manager can roll it back) with:
 * ``name`` — kebab-case; the CLI flag, the pipeline-file key and the report key;
 * ``Options`` — a frozen dataclass; its fields are the pass's whole configuration and give the
   cache fingerprint;
-* ``needs`` — data it cannot run without (``"calib"``, ``"eval"``), checked before any work starts;
+* ``needs`` — data it cannot run without (``"calib"``, ``"eval"``, ``"train"``), checked before any work starts;
 * ``refuses_after`` — names of passes that must not run before it (e.g. prune after int8);
 * ``lossless`` — when True the manager requires the outputs to match the reference numerically
   and rolls the pass back otherwise;
 * ``min_opset`` — the manager upgrades older models (with a report note) before calling it;
+* ``default_max_accuracy_drop`` — the accuracy budget of a run that includes the pass when the user
+  sets none (``distill``: 1 point, since a substitution must be justified by a measurement);
 * ``requires(model)`` — preconditions, raising :class:`PreconditionFailed` with a message a
   user understands;
 * ``call(model)`` returns a :class:`GraphoptPassResult` with ``stats`` (what changed) and ``notes``.
@@ -42,12 +44,17 @@ class PassContext:
     target: Target
     calib: DataSet | None = None
     eval: DataSet | None = None
+    train: DataSet | None = None
+    """Training data (passes that learn, e.g. ``distill``); must differ from ``eval``."""
     max_accuracy_drop: float | None = None
     """Largest allowed quality drop, in percentage points (see :mod:`graphopt.verify`)."""
     metric: MetricChoice = "auto"
     """How outputs are judged against the original (:mod:`graphopt.verify`)."""
     warnings: WarningLog = dataclasses.field(default_factory=WarningLog)
     cache_dir: Any = None
+    """Folder for a pass's own on-disk caches (``None`` with ``--no-cache``)."""
+    source: ir.Model | None = None
+    """The pipeline's input model (set by the manager): the teacher of a ``distill`` after ``prune``."""
 
 
 @dataclasses.dataclass
@@ -67,8 +74,9 @@ class GraphoptPass(FunctionalPass):
     refuses_after: ClassVar[frozenset[str]] = frozenset()
     lossless: ClassVar[bool] = False
     min_opset: ClassVar[int | None] = None
+    default_max_accuracy_drop: ClassVar[float | None] = None
     uses_data: ClassVar[frozenset[str]] = frozenset()
-    """Data the result depends on (part of the cache key): ``"calib"`` and/or ``"eval"``."""
+    """Data the result depends on (part of the cache key): ``"calib"``, ``"eval"``, ``"train"``."""
     gate_hint: ClassVar[str | None] = None
     """Added to the message when the accuracy budget is missed (what to do about it)."""
 

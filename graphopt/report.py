@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -61,16 +59,10 @@ class Report:
         return dataclasses.asdict(self)
 
     def write_json(self, path: str | os.PathLike) -> None:
-        """Write the report atomically."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.to_dict(), handle, indent=2, default=str)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the report atomically, with the mode a new file gets under the user's umask."""
+        from graphopt.model_io import write_atomic
+
+        write_atomic(path, json.dumps(self.to_dict(), indent=2, default=str))
 
     def render(self, console: Console) -> None:
         table = Table(title=f"graphopt · target {self.target.get('kind')}", title_justify="left")
@@ -104,6 +96,20 @@ class Report:
             console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
+def _render_latency_and_engine(console: Console, latency: dict[str, Any] | None, engine: dict[str, Any] | None) -> None:
+    if latency:
+        from graphopt.profiling.render import latency_table
+
+        table = latency_table(latency)
+        if table is not None:
+            console.print(table)
+        else:
+            console.print(f"[dim]latency not measured:[/dim] {latency.get('reason', 'skipped')}")
+    if engine:
+        console.print(f"engine: {engine['engine']} for target {engine['target']} in {engine['dir']} "
+                      f"(runs on {', '.join(engine['providers'])})")
+
+
 MAX_DETAIL_ROWS = 40
 
 
@@ -122,20 +128,6 @@ def _render_rows(console: Console, title: str, rows: list[dict[str, Any]]) -> No
     if len(rows) > MAX_DETAIL_ROWS:
         table.caption = f"… {len(rows) - MAX_DETAIL_ROWS} more rows in the JSON report"
     console.print(table)
-
-
-def _render_latency_and_engine(console: Console, latency: dict[str, Any] | None, engine: dict[str, Any] | None) -> None:
-    if latency:
-        from graphopt.profiling.render import latency_table
-
-        table = latency_table(latency)
-        if table is not None:
-            console.print(table)
-        else:
-            console.print(f"[dim]latency not measured:[/dim] {latency.get('reason', 'skipped')}")
-    if engine:
-        console.print(f"engine: {engine['engine']} for target {engine['target']} in {engine['dir']} "
-                      f"(runs on {', '.join(engine['providers'])})")
 
 
 def _mb(size: int) -> str:

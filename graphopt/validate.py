@@ -7,6 +7,7 @@ import dataclasses
 import onnx
 import onnx_ir as ir
 
+from graphopt import large
 from graphopt.engines import ort as ort_engine
 from graphopt.errors import first_line
 from graphopt.model_io import custom_domains
@@ -27,11 +28,16 @@ def validate_model(model: ir.Model, *, require_runtime: bool = True) -> Validati
     """Check ``model``; ``require_runtime=False`` turns a failed session creation into a note.
 
     Custom-domain ops that onnxruntime does not know never fail validation: the note says the
-    numerics could not be checked.
+    numerics could not be checked. A model with detached weights (:mod:`graphopt.large`) is checked
+    as its skeleton, and its session reads the weights where they lie.
     """
-    proto = ir.to_proto(model)
+    with large.scope_for(model):
+        return _validate(large.to_proto(model), model, require_runtime)
+
+
+def _validate(proto: onnx.ModelProto, model: ir.Model, require_runtime: bool) -> ValidationResult:
     try:
-        onnx.checker.check_model(proto, full_check=False)
+        large.check_model(proto)
     except Exception as exc:
         return ValidationResult(False, f"onnx checker: {first_line(exc)}")
     unknown = custom_domains(model)

@@ -6,7 +6,8 @@ splits the samples into three disjoint sets:
 
 * eval  — 300 samples, held out from training, with ``labels``;
 * calib — 200 samples from the training pool, not trained on, with ``labels``;
-* train — the other 1,297 samples.
+* train — the other 1,297 samples; shipped for the CNN only (``digits_cnn_train.npz``, what
+  ``--distill`` trains a student on).
 
 Models, trained with a fixed torch seed on one CPU thread with deterministic algorithms, exported with
 :func:`models.artifacts.export_torch` (opset 17, BatchNormalization kept):
@@ -75,6 +76,15 @@ def write_data(kind: str, out_dir: Path, *, force: bool = False) -> tuple[Path, 
             pixels, labels = split[part]
             write_npz(path, {"input": _shaped(kind, pixels), "labels": labels})
     return calib_path, eval_path
+
+
+def write_train_data(kind: str, out_dir: Path, *, force: bool = False) -> Path:
+    """Write ``<stem>_train.npz`` (keys ``input`` and ``labels``: the training split); keep an existing one."""
+    path = Path(out_dir) / f"{KINDS[kind][0]}_train.npz"
+    if force or not path.exists():
+        pixels, labels = load_split()["train"]
+        write_npz(path, {"input": _shaped(kind, pixels), "labels": labels})
+    return path
 
 
 def train(kind: str, pixels: np.ndarray, labels: np.ndarray):
@@ -174,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         model_path = build(kind, args.out_dir, force=True)
         calib_path, eval_path = write_data(kind, args.out_dir, force=True)
+        extra = (write_train_data(kind, args.out_dir, force=True),) if kind == "cnn" else ()
         seconds = time.perf_counter() - start
         acc = eval_accuracy(model_path, eval_path)
         print(f"{model_path.name}: eval top-1 {acc:.4f} ({seconds:.1f} s)")
-        for path in (model_path, calib_path, eval_path):
+        for path in (model_path, calib_path, eval_path, *extra):
             print(f"  {path.name:24s} {path.stat().st_size:>8d} B  sha256 {sha256(path)}")
     return 0
 

@@ -15,6 +15,7 @@ PASS_REGISTRY: dict[str, str] = {
     "prune": "graphopt.passes.prune:PrunePass",
     "int8": "graphopt.passes.int8:Int8Pass",
     "fp16": "graphopt.passes.fp16:Fp16Pass",
+    "distill": "graphopt.passes.distill:DistillPass",
 }
 
 

@@ -3,7 +3,8 @@
 Steps:
 1. onnxsim (constant folding, shape-op folding, Conv+BatchNorm fusion, eliminate no-op nodes),
    without the rewrites in :data:`ONNXSIM_SKIPPED` that undo onnxruntime's own fusions;
-   skipped with a note when onnxsim cannot handle the model (e.g. unknown custom-domain ops);
+   skipped with a note when onnxsim cannot handle the model (e.g. unknown custom-domain ops, or
+   weights over protobuf's 2 GB limit: onnxsim needs the whole model in one proto);
 2. onnx_ir cleanup: constants lifted to initializers, identity elimination, common
    subexpression elimination, unused nodes / initializers / functions / opsets removed.
 
@@ -18,6 +19,7 @@ import dataclasses
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_common
 
+from graphopt import large
 from graphopt.inspection import op_histogram
 from graphopt.model_io import custom_domains
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
@@ -55,6 +57,10 @@ class SimplifyPass(GraphoptPass):
             unknown = custom_domains(working)
             if unknown:
                 notes.append(f"onnxsim skipped: custom op domain(s) {', '.join(sorted(unknown))}")
+            elif large.is_large(working):
+                notes.append(f"onnxsim skipped: the weights ({large.weight_bytes(working) / 1024**3:.2f} GiB) exceed "
+                             "protobuf's 2 GB limit and onnxsim needs the whole model in one proto; "
+                             "onnx_ir cleanup only")
             else:
                 simplified, note = _run_onnxsim(working, fuse_bn=self.options.fuse_batchnorm)
                 if simplified is not None:
@@ -84,7 +90,7 @@ def _run_onnxsim(model: ir.Model, fuse_bn: bool) -> tuple[ir.Model | None, str |
     import onnxsim
 
     try:
-        simplified, _ = onnxsim.simplify(ir.to_proto(model), check_n=0, skip_fuse_bn=not fuse_bn,
+        simplified, _ = onnxsim.simplify(large.inline_proto(model), check_n=0, skip_fuse_bn=not fuse_bn,
                                          skipped_optimizers=list(ONNXSIM_SKIPPED))
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

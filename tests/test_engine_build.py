@@ -51,6 +51,22 @@ def test_build_ort_cpu_engine_and_run_it(model_path, tmp_path):
     np.testing.assert_allclose(engine.run({"input": x})["logits"], _reference(model_path, x), rtol=1e-5, atol=1e-5)
 
 
+def test_model_with_external_data_builds_profiles_and_compares(model_path, tmp_path):
+    """External data stays beside its file: the engine carries its own .data, the build leaves no
+    staging copy behind, and a model opened by path resolves its weights (not from bytes)."""
+    source = tmp_path / "ext" / "m.onnx"
+    source.parent.mkdir()
+    onnx.save(onnx.load(str(model_path)), str(source), save_as_external_data=True, location="m.onnx.data",
+              size_threshold=0)
+    out = tmp_path / "engine"
+    result = CliRunner().invoke(main, ["build", str(source), "-o", str(out), "--target", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["engine.json", "model.onnx", "model.onnx.data"]
+    x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    for opened in (open_engine(out), open_engine(source)):
+        np.testing.assert_allclose(opened.run({"input": x})["logits"], _reference(model_path, x), rtol=1e-5, atol=1e-5)
+
+
 def test_rebuild_replaces_an_engine_but_never_other_folders(model_path, tmp_path):
     out = tmp_path / "engine"
     build_engine(model_path, out)

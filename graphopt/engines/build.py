@@ -35,12 +35,12 @@ from graphopt.engines.providers import TrtProviderSettings, create_session, prov
 from graphopt.engines.shapes import Profile, check_profile, derive_profile
 from graphopt.errors import InputError
 from graphopt.model_io import (
-    PROTOBUF_LIMIT_BYTES,
     file_hash,
     load_model,
     model_hash,
     new_file_mode,
     same_file,
+    save_model,
 )
 from graphopt.target import TARGET_KINDS
 from graphopt.versions import library_versions
@@ -125,7 +125,7 @@ def build_engine(model: str | os.PathLike | onnx.ModelProto | ir.Model, out_dir:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if str(out_dir.parent) else "."))
     try:
         source_file = staging / "source.onnx"
-        _save_for_runtime(loaded, source_file)
+        save_model(loaded, source_file)  # external data when the model is large or came with it
         source = {"path": str(model_path) if model_path else None,
                   "sha256": file_hash(model_path) if model_path else None,
                   "model_hash": model_hash(loaded)}
@@ -133,7 +133,8 @@ def build_engine(model: str | os.PathLike | onnx.ModelProto | ir.Model, out_dir:
             manifest = _build_ort(source_file, staging, options, profile, specs, data, source)
         else:
             manifest = _build_trt(source_file, staging, options, profile, source)
-        source_file.unlink()
+        for leftover in (source_file, source_file.with_name(source_file.name + ".data")):
+            leftover.unlink(missing_ok=True)
         manifest.write(staging)
         os.chmod(staging, new_file_mode(directory=True))  # mkdtemp makes 0700
         _replace_dir(staging, out_dir)
@@ -141,16 +142,6 @@ def build_engine(model: str | os.PathLike | onnx.ModelProto | ir.Model, out_dir:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
-
-
-def _save_for_runtime(model: ir.Model, path: Path) -> None:
-    proto = ir.to_proto(model)
-    large = proto.ByteSize() > PROTOBUF_LIMIT_BYTES if _cheap_size(proto) else True
-    onnx.save(proto, str(path), save_as_external_data=large, location=f"{path.name}.data" if large else None)
-
-
-def _cheap_size(proto: onnx.ModelProto) -> bool:
-    return sum(init.ByteSize() for init in proto.graph.initializer) < PROTOBUF_LIMIT_BYTES
 
 
 def _replace_dir(staging: Path, out_dir: Path) -> None:
@@ -186,10 +177,12 @@ def _build_ort(source_file: Path, staging: Path, options: BuildOptions, profile:
     optimized = staging / "model.onnx"
     writer = session_options(options.threads, optimization="basic")
     writer.optimized_model_filepath = str(optimized)
-    if not _cheap_size(onnx.load(str(source_file), load_external_data=False)):
+    if source_file.with_name(source_file.name + ".data").exists():  # save_model chose external data
         writer.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx.data")
     ort.InferenceSession(str(source_file), writer, providers=["CPUExecutionProvider"])
     files = {"model": "model.onnx"}
+    if (staging / "model.onnx.data").exists():
+        files["model_data"] = "model.onnx.data"
     trt_settings = None
     if options.target == "trt":
         (staging / "trt_cache").mkdir()

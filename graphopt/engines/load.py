@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from graphopt.engines.providers import (
 from graphopt.engines.shapes import Profile, ShapeRange
 from graphopt.errors import InputError
 from graphopt.model_io import load_proto
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
 
 
 @dataclasses.dataclass
@@ -95,20 +98,21 @@ def open_engine(path: str | os.PathLike, provider: str | None = None, *, threads
         return _open_ort_dir(path, manifest, label, threads, allow_fallback, spinning)
     if not path.exists():
         raise InputError(f"model or engine not found: {path}")
-    proto = load_proto(path)
-    return open_model(proto.SerializeToString(), provider or "cpu", threads=threads, allow_fallback=allow_fallback,
+    load_proto(path)  # a one-line error for a file that is not a model
+    return open_model(path, provider or "cpu", threads=threads, allow_fallback=allow_fallback,
                       spinning=spinning, label=label)
 
 
-def open_model(model: bytes, provider: str = "cpu", *, threads: int | None = None, allow_fallback: bool = False,
+def open_model(model: bytes | Path | ir.Model, provider: str = "cpu", *, threads: int | None = None, allow_fallback: bool = False,
                spinning: bool = True, label: str = "model", trt_cache: Path | None = None) -> OpenedEngine:
-    """An onnxruntime engine for serialized ``model`` on ``provider``, providers checked."""
+    """An onnxruntime engine for ``model`` (serialized, a path, or an ``onnx_ir`` model) on ``provider``,
+    providers checked."""
     from graphopt.engines.ort import OrtEngine, session_options
 
     settings = TrtProviderSettings(cache_dir=trt_cache) if provider == "trt" else None
     checked = create_session(model, provider_request(provider, settings), session_options(threads, spinning=spinning),
                              allow_fallback=allow_fallback)
-    return OpenedEngine(label, "ort", OrtEngine(checked.session, checked.providers), provider, checked.providers,
+    return OpenedEngine(label, "ort", OrtEngine(checked.session, checked.providers, checked.weights), provider, checked.providers,
                         checked.fallback_reason)
 
 

@@ -8,6 +8,7 @@ so reports say what really ran.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -54,19 +55,14 @@ def session_options(threads: int | None = None, optimization: str = "all", prior
     return options
 
 
-def model_bytes(model: ir.Model | onnx.ModelProto | bytes) -> bytes:
-    if isinstance(model, bytes):
-        return model
-    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
-    return proto.SerializeToString()
-
-
 @dataclasses.dataclass
 class OrtEngine:
     """An onnxruntime session plus the providers that really loaded."""
 
     session: object
     providers: list[str]
+    weights: list = dataclasses.field(default_factory=list, repr=False)
+    """``OrtValue``s of weights handed to the session by reference (kept alive with it)."""
 
     @property
     def input_names(self) -> list[str]:
@@ -98,15 +94,46 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
 def build(model: ir.Model | onnx.ModelProto | bytes, target: Target | None = None, *,
           threads: int | None = None, providers: Sequence[str] | None = None,
           optimization: str = "all", priority_order: bool = False, spinning: bool = True) -> OrtEngine:
-    """Create an onnxruntime session for ``target`` (CPU when ``None``); options as :func:`session_options`."""
+    """Create an onnxruntime session for ``target`` (CPU when ``None``); options as :func:`session_options`.
+
+    A model with detached weights (:mod:`graphopt.large`: over protobuf's limit, or weights in
+    external-data files) is built from its skeleton: onnxruntime maps the weights that lie in a file
+    and copies the others once; prepacking and constant folding stay off (each would copy weights)."""
     import onnxruntime as ort
+
 
     wanted = list(providers) if providers else (target.providers if target else ["CPUExecutionProvider"])
     available = set(ort.get_available_providers())
     wanted = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
     options = session_options(threads, optimization, priority_order, spinning)
-    session = ort.InferenceSession(model_bytes(model), options, providers=wanted)
-    return OrtEngine(session, list(session.get_providers()))
+    source, disabled, weights = session_source(model, options)
+    session = ort.InferenceSession(source, options, providers=wanted, disabled_optimizers=disabled)
+    return OrtEngine(session, list(session.get_providers()), weights)
+
+
+def session_source(model: ir.Model | onnx.ModelProto | bytes | str | os.PathLike,
+                   options) -> tuple[bytes | str, list[str], list]:
+    """What ``ort.InferenceSession`` is built from for ``model``: ``(source, disabled_optimizers, weights)``.
+
+    A path stays a path, so onnxruntime resolves its external data beside the file. A model with
+    detached weights (:mod:`graphopt.large`: over protobuf's limit, or weights in external-data
+    files) becomes its skeleton: ``options`` get the folder onnxruntime maps the file weights from
+    and the ``OrtValue``s of the others (``weights``: keep them alive as long as the session);
+    prepacking and constant folding stay off, as each would copy the weights once more (both are
+    exact to leave out)."""
+    from graphopt import large
+
+    if isinstance(model, str | os.PathLike):
+        return str(model), [], []
+    source = large.session_input(model)
+    if source.folder is None and not source.names:
+        return source.model, [], []
+    if source.folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", source.folder)
+    if source.names:
+        options.add_external_initializers(source.names, source.values)
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    return source.model, ["ConstantFolding"], source.values
 
 
 def probe_model() -> bytes:

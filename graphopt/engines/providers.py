@@ -28,9 +28,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from graphopt.engines.capture import CapturedOutput, captured_output
 from graphopt.errors import InputError
+
+if TYPE_CHECKING:
+    import onnx
+    import onnx_ir as ir
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -144,13 +149,15 @@ class CheckedSession:
     """``None`` when the requested primary provider loaded."""
     log: list[str]
     """What onnxruntime printed while the session was created (captured, not shown)."""
+    weights: list = dataclasses.field(default_factory=list, repr=False)
+    """``OrtValue``s of weights handed to the session by reference (kept alive with it)."""
 
     @property
     def fell_back(self) -> bool:
         return self.fallback_reason is not None
 
 
-def create_session(model: bytes | str | Path, request: ProviderRequest, session_options, *,
+def create_session(model: bytes | str | Path | ir.Model | onnx.ModelProto, request: ProviderRequest, session_options, *,
                    allow_fallback: bool = False) -> CheckedSession:
     """Create a session for ``request`` and check that its primary provider really loaded.
 
@@ -159,22 +166,24 @@ def create_session(model: bytes | str | Path, request: ProviderRequest, session_
     """
     import onnxruntime as ort
 
+    from graphopt.engines.ort import session_source
     from graphopt.target import cuda_gpus
 
-    source = str(model) if isinstance(model, Path) else model
     available = set(ort.get_available_providers())
     usable = available if cuda_gpus() else available - set(GPU_PROVIDERS)
     providers = [p for p in request.providers if p in usable] or ["CPUExecutionProvider"]
     options = [o for p, o in zip(request.providers, request.options) if p in usable] or [{}]
     with captured_output() as captured:
-        session = ort.InferenceSession(source, session_options, providers=list(zip(providers, options)))
+        source, disabled, weights = session_source(model, session_options)
+        session = ort.InferenceSession(source, session_options, providers=list(zip(providers, options)),
+                                       disabled_optimizers=disabled)
     loaded = list(session.get_providers())
     reason = None
     if request.primary not in loaded:
         reason = unavailable_reason(request.primary, available, captured)
         if not allow_fallback:
             raise ProviderUnavailableError(request.primary, reason, loaded[0])
-    return CheckedSession(session, loaded, request, reason, captured.lines)
+    return CheckedSession(session, loaded, request, reason, captured.lines, weights)
 
 
 def unavailable_reason(provider: str, available: set[str], captured: CapturedOutput | None = None) -> str:

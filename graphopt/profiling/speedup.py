@@ -55,7 +55,7 @@ def measure_speedup(original: ir.Model, optimized: ir.Model, target: Target, bud
         with tempfile.TemporaryDirectory(prefix="graphopt-latency-") as cache:
             engines = {}
             for name, model in (("original", original), ("optimized", optimized)):
-                engines[name] = open_model(ir.to_proto(model).SerializeToString(), target.kind, threads=threads,
+                engines[name] = open_model(model, target.kind, threads=threads,
                                            spinning=False, label=name, trt_cache=Path(cache))
             batch = resolve_batches(list(engines.values()), None)[0]
             runners = {}

@@ -67,15 +67,12 @@ def overflow_nodes(proto: onnx.ModelProto, ranges: dict[str, TensorRange], thres
 
     Returns ``{node name: tensor name that exceeded}``.
     """
-    import numpy as np
-    from onnx import numpy_helper
+    from graphopt.large import max_abs
 
     big = {name for name, r in ranges.items() if r.count and r.max_abs > threshold}
     for init in proto.graph.initializer:
-        if init.data_type in FLOAT_TYPES and init.name not in big:
-            array = numpy_helper.to_array(init)
-            if array.size and float(np.max(np.abs(array.astype(np.float64)))) > threshold:
-                big.add(init.name)
+        if init.data_type in FLOAT_TYPES and init.name not in big and max_abs(init) > threshold:
+            big.add(init.name)
     found: dict[str, str] = {}
     for node in proto.graph.node:
         hit = next((t for t in list(node.input) + list(node.output) if t in big), None)

@@ -27,8 +27,10 @@ Steps:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -37,6 +39,7 @@ import onnx_ir as ir
 from onnx import TensorProto, numpy_helper
 from onnx_ir.passes import common as ir_common
 
+from graphopt import large
 from graphopt.console import WarningLog, captured_warnings
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PassFailedError, PreconditionFailed, QualityGateError
@@ -98,7 +101,7 @@ class Fp16Pass(GraphoptPass):
         if self.options.precision == "bf16" and not self.options.keep_io_types:
             raise PreconditionFailed("bf16 graph inputs/outputs cannot be fed from numpy here; "
                                      "keep the I/O types (drop --fp16-io) with --bf16")
-        types = typecheck.elem_types(ir.to_proto(model))
+        types = typecheck.elem_types(large.to_proto(model))
         if not any(t in typecheck.FLOAT_TYPES for t in types.values()):
             raise PreconditionFailed(f"model has no float tensors (weights or activations) to convert to "
                                      f"{self.label}; drop --{self.label}")
@@ -154,7 +157,7 @@ class Fp16Pass(GraphoptPass):
         stats = self._stats(model, attempt, reasons, check, time.perf_counter() - started)
         if check is None:
             notes.append(f"numerics not checked: onnxruntime (CPU) cannot run the {self.label} model here")
-        return self.result(ir.from_proto(attempt.proto), True, stats, notes)
+        return self.result(large.from_proto(attempt.proto), True, stats, notes)
 
     # -- preparation -------------------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class Fp16Pass(GraphoptPass):
             notes.append(f"opset upgraded {old} → {DEFAULT_OPSET} for {self.label} kernels")
         normalize_model(working)  # initializers out of the inputs, Constant weights lifted
         ir_common.NameFixPass()(working)
-        return ir.to_proto(working)
+        return large.to_proto(working)
 
     def _decide_fp32_nodes(self, proto: onnx.ModelProto, types: dict[str, int], notes: list[str]) -> dict[str, str]:
         """``{node name: why it stays fp32}`` before any conversion."""
@@ -240,7 +243,7 @@ class Fp16Pass(GraphoptPass):
 
         copy = typecheck.strip_value_info(proto)  # the library re-infers; stale entries mislead it
         log = self.context.warnings if self._context is not None else WarningLog()
-        with captured_warnings(log):
+        with captured_warnings(log), _shapes_from_dims(copy):
             converted = convert_float_to_float16(
                 copy, keep_io_types=self.options.keep_io_types, op_block_list=[],
                 node_block_list=sorted(fp32_nodes), force_fp16_initializers=False)
@@ -251,12 +254,12 @@ class Fp16Pass(GraphoptPass):
         fixes["duplicate casts dropped"] += typecheck.drop_duplicate_producers(converted)
         converted = _sorted(converted)  # the library appends its Casts at the end; inference needs order
         fixes["mixed-type inputs cast"] += typecheck.fix_mixed_float_inputs(converted, fp32_nodes, self.low)
-        model = ir.from_proto(typecheck.infer(converted))
+        model = large.from_proto(typecheck.infer(converted))
         original_casts = {n.name for g in typecheck.iter_graphs(proto.graph) for n in g.node if n.op_type == "Cast"}
         fixes.update(typecheck.remove_redundant_casts(model, original_casts))
         ir_common.TopologicalSortPass()(model)
         ir_common.NameFixPass()(model)
-        result = ir.to_proto(model)
+        result = large.to_proto(model)
         problems = typecheck.check_types(result)
         if problems:
             raise PassFailedError(f"{self.label} conversion left an inconsistent graph: {problems[0]}"
@@ -357,6 +360,26 @@ class Fp16Pass(GraphoptPass):
         return super().result(model, modified, stats, notes)
 
 
+@contextlib.contextmanager
+def _shapes_from_dims(proto: onnx.ModelProto) -> Iterator[None]:
+    """For a skeleton (:mod:`graphopt.large`): the converter reads each weight it converts with
+    ``numpy_helper.to_array`` only to learn its shape, which a placeholder has no bytes for; while it
+    runs, that shape comes from the tensor's ``dims`` (the same tuple). Nothing else it does reads
+    the bytes of a placeholder (its element type is retyped, the store converts the values)."""
+    if not large.placeholders(proto):
+        yield
+        return
+    from onnxruntime.transformers import float16 as library
+
+    original = library.make_value_info_from_tensor
+    library.make_value_info_from_tensor = lambda tensor: onnx.helper.make_tensor_value_info(
+        tensor.name, tensor.data_type, list(tensor.dims))
+    try:
+        yield
+    finally:
+        library.make_value_info_from_tensor = original
+
+
 def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
     model = ir.from_proto(proto)
     ir_common.TopologicalSortPass()(model)
@@ -428,6 +451,7 @@ def _retype_to_bf16(converted: onnx.ModelProto, original: onnx.ModelProto) -> No
 
     fp32_values = {i.name: i for g in typecheck.iter_graphs(original.graph) for i in g.initializer
                    if i.data_type == TensorProto.FLOAT}
+    detached = large.placeholders(converted)  # their values come from the weight store, by type
 
     def to_bf16(tensor: onnx.TensorProto) -> onnx.TensorProto:
         source = fp32_values.get(tensor.name)
@@ -436,7 +460,9 @@ def _retype_to_bf16(converted: onnx.ModelProto, original: onnx.ModelProto) -> No
 
     for graph in typecheck.iter_graphs(converted.graph):
         for init in graph.initializer:
-            if init.data_type == TensorProto.FLOAT16:
+            if init.data_type == TensorProto.FLOAT16 and init.name in detached:
+                init.data_type = TensorProto.BFLOAT16
+            elif init.data_type == TensorProto.FLOAT16:
                 init.CopyFrom(to_bf16(init))
         for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
             if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
@@ -458,10 +484,11 @@ def _weight_rounding(model: ir.Model, converted: onnx.ModelProto, low: int) -> d
     for name, value in model.graph.initializers.items():
         if name not in lowered or value.const_value is None or value.dtype != ir.DataType.FLOAT:
             continue
-        array = np.abs(value.const_value.numpy())
-        total += array.size
-        tiny += int(np.count_nonzero((array > 0) & (array < smallest_normal)))
-        clipped += int(np.count_nonzero(array > largest))
+        for chunk in large.chunks(value.const_value):  # a weight in a file is read, never mapped
+            array = np.abs(chunk)
+            total += array.size
+            tiny += int(np.count_nonzero((array > 0) & (array < smallest_normal)))
+            clipped += int(np.count_nonzero(array > largest))
     stats = {"weights_converted": total}
     if tiny or clipped:
         parts = []

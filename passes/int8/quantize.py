@@ -32,6 +32,7 @@ from typing import Literal
 import onnx
 import onnx_ir as ir
 
+from graphopt import large
 from graphopt.console import stderr
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PreconditionFailed
@@ -108,7 +109,7 @@ class Int8Pass(GraphoptPass):
         self.needs = frozenset() if self.options.calib_random else frozenset({"calib"})
 
     def requires(self, model: ir.Model) -> None:
-        proto = ir.to_proto(model)
+        proto = large.to_proto(model)
         found = is_quantized(proto)
         if found:
             raise PreconditionFailed(f"model is already quantized ({', '.join(found)} present); "
@@ -119,7 +120,7 @@ class Int8Pass(GraphoptPass):
 
     def call(self, model: ir.Model) -> GraphoptPassResult:
         options, context = self.options, self.context
-        proto = ir.to_proto(model)
+        proto = large.to_proto(model)  # weights detached for a large model (graphopt.large)
         ensure_node_names(proto)
         scheme = scheme_for(context.target, activations=options.activations, per_channel=options.per_channel)
         method = options.calib_method or scheme.default_method
@@ -186,7 +187,7 @@ class Int8Pass(GraphoptPass):
             problems = check_trt_qdq(quantized)
             stats["trt_check"] = "ok" if not problems else f"{len(problems)} problem(s)"
             notes += [f"TensorRT check: {p}" for p in problems[:10]]
-        return self.result(ir.from_proto(quantized), True, stats, notes)
+        return self.result(large.from_proto(quantized), True, stats, notes)
 
     def _calibration_data(self, model: ir.Model) -> DataSet:
         options, context = self.options, self.context

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import onnx
 
+from graphopt import large
 from graphopt.target import Target
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -242,7 +243,7 @@ def quantize_qdq(model: onnx.ModelProto, scheme: Int8Scheme, ranges: Mapping[str
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.quant_utils import update_opset_version
+    from onnxruntime.quantization.quant_utils import add_infer_metadata, update_opset_version
 
     nodes = list(nodes)
     working = onnx.ModelProto()
@@ -256,6 +257,12 @@ def quantize_qdq(model: onnx.ModelProto, scheme: Int8Scheme, ranges: Mapping[str
     tensors = TensorsData(CalibrationMethod.MinMax, data)
     if not nodes:
         return working
+    # Shapes are inferred above: say so in onnxruntime's own marker, or the quantizer saves the whole
+    # model to a temporary folder and loads it back to infer them again (a copy of every weight, and
+    # impossible for detached weights). Then the bytes of what it quantizes (graphopt.large).
+    add_infer_metadata(working)
+    chosen = set(nodes)
+    large.inject(working, {name for node in working.graph.node if node.name in chosen for name in node.input})
     quantizer = QDQQuantizer(working, scheme.per_channel, scheme.reduce_range, weight_type, act_type, tensors,
                              nodes, [], list(scheme.op_types), scheme.ort_extra_options())
     quantizer.quantize_model()
