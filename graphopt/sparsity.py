@@ -63,7 +63,11 @@ def reduction_axis(value: ir.Value, rank: int) -> int:
 
 def recorded_sparse_weights(model: ir.Model, n: int = 2, m: int = 4) -> list[str]:
     """Initializer names a pass recorded as N:M in the model's metadata (empty when none)."""
-    text = model.metadata_props.get(sparsity_key(n, m))
+    return parse_recorded_names(model.metadata_props.get(sparsity_key(n, m)))
+
+
+def parse_recorded_names(text: str | None) -> list[str]:
+    """The names in a sparsity metadata value (a JSON list); empty when absent or malformed."""
     if not text:
         return []
     try:

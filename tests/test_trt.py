@@ -12,6 +12,7 @@ import types
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
@@ -52,21 +53,24 @@ def test_trt_engine_is_refused_before_any_tensorrt_object(model_path, tmp_path, 
     assert not (tmp_path / "o.onnx").exists()
 
 
-def test_sparsity_metadata_is_read_defensively():
+def test_sparsity_metadata_of_the_pruning_pass_is_read(tmp_path):
+    from graphopt.passes.prune import PruneOptions, PrunePass
+    from graphopt.sparsity import SPARSITY_2_4_KEY
+
+    pruned = PrunePass(PruneOptions(amount=0.5, mode="2:4", skip_first_last=False))(ir.from_proto(conv_bn_model())).model
+    proto = ir.to_proto(pruned)
+    found = sparse_24_tensors(proto)
+    assert list(found) == [SPARSITY_2_4_KEY] and found[SPARSITY_2_4_KEY]
+    assert set(found[SPARSITY_2_4_KEY]) <= {init.name for init in proto.graph.initializer}
+
     model = conv_bn_model()
-    entries = {
-        "graphopt.sparsity.2:4": json.dumps(["w", "fc_w", "not_an_initializer"]),
-        "graphopt.sparsity.2:4.extra": "fc_w, b",
-        "graphopt.sparsity.unstructured": json.dumps(["w"]),
-        "graphopt.sparsity.2:4.broken": "{]",
-        "graphopt.sparsity.2:4.number": "42",
-        "other.key": json.dumps(["w"]),
-    }
-    for key, value in entries.items():
+    for key, value in {SPARSITY_2_4_KEY: json.dumps(["w", "not_an_initializer"]),
+                       "graphopt.sparsity.unstructured": json.dumps(["fc_w"])}.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    found = sparse_24_tensors(model)
-    assert found == {"graphopt.sparsity.2:4": ["w", "fc_w"], "graphopt.sparsity.2:4.extra": ["fc_w", "b"]}
-    assert sparse_24_tensors(conv_bn_model()) == {}
+    assert sparse_24_tensors(model) == {SPARSITY_2_4_KEY: ["w"]}
+    broken = conv_bn_model()
+    broken.metadata_props.append(onnx.StringStringEntryProto(key=SPARSITY_2_4_KEY, value="{]"))
+    assert sparse_24_tensors(broken) == {} and sparse_24_tensors(conv_bn_model()) == {}
 
 
 def test_trt_build_settings_are_checked():

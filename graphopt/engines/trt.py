@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +37,6 @@ from graphopt.data import InputSpec
 from graphopt.errors import GraphoptError, InputError
 from graphopt.model_io import write_atomic
 from graphopt.target import GpuInfo, cuda_gpus
-
-SPARSITY_KEY_PREFIX = "graphopt.sparsity."
-"""Model metadata keys ``graphopt.sparsity.<pattern>`` (e.g. ``graphopt.sparsity.2:4``) whose value is a
-JSON list of the initializer names that follow the pattern (written by the pruning pass)."""
 
 
 class EngineUnavailableError(InputError):
@@ -121,27 +116,15 @@ def numpy_dtype(trt_dtype, tensor: str = "") -> np.dtype:
 
 
 def sparse_24_tensors(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """``{metadata key: initializer names}`` for every ``graphopt.sparsity.*`` key whose pattern is 2:4.
+    """``{key: names}`` of the initializers the pruning pass recorded as 2:4 under
+    :data:`graphopt.sparsity.SPARSITY_2_4_KEY` (names that are not main-graph initializers dropped);
+    empty when there are none or the value is malformed."""
+    from graphopt.sparsity import SPARSITY_2_4_KEY, parse_recorded_names
 
-    Read defensively: a value that is not a JSON list of names (or a comma-separated string) is ignored,
-    as are names that are not initializers of the main graph."""
     initializers = {init.name for init in model.graph.initializer}
-    found: dict[str, list[str]] = {}
-    for entry in model.metadata_props:
-        if not entry.key.startswith(SPARSITY_KEY_PREFIX) or "2:4" not in entry.key[len(SPARSITY_KEY_PREFIX):]:
-            continue
-        try:
-            value = json.loads(entry.value)
-        except ValueError:
-            value = [part.strip() for part in entry.value.split(",")]
-        if isinstance(value, dict):  # {"tensors": [...]} or {name: ...}
-            value = value.get("tensors", list(value))
-        if not isinstance(value, list):
-            continue
-        names = [n for n in value if isinstance(n, str) and n in initializers]
-        if names:
-            found[entry.key] = names
-    return found
+    text = next((entry.value for entry in model.metadata_props if entry.key == SPARSITY_2_4_KEY), None)
+    names = [name for name in parse_recorded_names(text) if name in initializers]
+    return {SPARSITY_2_4_KEY: names} if names else {}
 
 
 @dataclasses.dataclass(frozen=True)
