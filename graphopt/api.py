@@ -262,8 +262,7 @@ def _data(data: DataLike | None, role: str, specs) -> DataSet | None:
     if data is None:
         return None
     dataset = data if isinstance(data, DataSet) else load_data(data)
-    dataset.check_against(specs, role)
-    return dataset
+    return dataset.check_against(specs, role)
 
 
 def check_train_differs(train: DataSet | None, evaluation: DataSet | None) -> None:
