@@ -3,7 +3,8 @@
 Either side is an ONNX file (run by onnxruntime on ``--provider``) or an engine directory (run on the
 target it was built for — so ``graphopt compare model.onnx engine_dir/`` is ORT-CPU against TensorRT
 or the CUDA provider for the same model). Both run batch by batch over the data (the reference's fixed
-batch, else 16, capped by a TensorRT profile's MAX), their outputs are matched by name and compared
+batch, else 16, capped by a TensorRT profile's MAX; one feed per sample when the inputs share no batch
+axis, :mod:`graphopt.data`), their outputs are matched by name and compared
 by :func:`graphopt.verify.compare_outputs` — the same metrics the optimizer's report uses — and judged
 by a :class:`graphopt.verify.Tolerance`.
 
