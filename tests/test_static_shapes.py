@@ -199,3 +199,18 @@ def test_prune_probe_feeds_keep_static_dims():
     assert feeds["A"].shape == (8, 6) and feeds["B"].shape == (6, 16)
     grown = second_feeds(model, feeds)
     assert grown["A"].shape == (8, 6) and grown["B"].shape == (6, 24)
+
+
+def test_distill_refuses_a_model_without_a_batch_axis(tmp_path):
+    pytest.importorskip("torch", reason="distillation needs torch (pip install 'graphopt[distill]')")
+    onnx.save(two_inputs(), str(tmp_path / "two.onnx"))
+    onnx.save(two_inputs(), str(tmp_path / "student.onnx"))
+    for name, count in (("train", 6), ("eval", 3)):
+        feeds = _feeds(count)
+        np.savez(tmp_path / f"{name}.npz", **{k: np.stack([f[k] for f in feeds]) for k in ("x", "y")})
+    result = CliRunner().invoke(main, ["optimize", str(tmp_path / "two.onnx"), "-o", str(tmp_path / "o.onnx"),
+                                       "--distill", "--train-data", str(tmp_path / "train.npz"), "--eval-data",
+                                       str(tmp_path / "eval.npz"), "--student", str(tmp_path / "student.onnx"), "--no-cache",
+                                       "--target", "cpu"])
+    assert result.exit_code != 0 and "share no batch axis (leading dims x 4, y 2)" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o.onnx").exists()
