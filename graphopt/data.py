@@ -47,11 +47,13 @@ Dim = int | str | None
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-    """One graph input: name, numpy dtype and shape (``str``/``None`` for dynamic dims)."""
+    """One graph input: name, numpy dtype and shape (``str``/``None`` for dynamic dims; ``()`` and
+    ``ranked`` False when the model does not declare the rank)."""
 
     name: str
     dtype: np.dtype
     shape: tuple[Dim, ...]
+    ranked: bool = True
 
     def describe(self) -> str:
         dims = ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in self.shape)
@@ -68,7 +70,7 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
         shape: tuple[Dim, ...] = ()
         if value.shape is not None:
             shape = tuple(d if isinstance(d, int) else (str(d.value) if d.value is not None else None) for d in value.shape)
-        specs.append(InputSpec(value.name, np.dtype(dtype), shape))
+        specs.append(InputSpec(value.name, np.dtype(dtype), shape, ranked=value.shape is not None))
     return specs
 
 
@@ -101,9 +103,9 @@ def batch_axis(specs: Sequence[InputSpec]) -> BatchAxis:
     """The model's batch axis: its inputs' shared leading dim, if they have one (module docstring)."""
     if not specs:
         return BatchAxis("dynamic")
-    if any(not spec.shape for spec in specs):
+    if any(not spec.shape and spec.ranked for spec in specs):
         return BatchAxis("none")
-    leading = {spec.shape[0] for spec in specs}
+    leading = {spec.shape[0] if spec.ranked else None for spec in specs}  # an undeclared rank: an unnamed dim
     if len(leading) > 1:
         return BatchAxis("none")
     dim = leading.pop()
@@ -114,8 +116,12 @@ def batch_axis(specs: Sequence[InputSpec]) -> BatchAxis:
 
 def leading_dims(specs: Sequence[InputSpec]) -> str:
     """``A 8, B 6`` — the inputs' leading dims, for messages."""
-    return ", ".join(f"{s.name} {(s.shape[0] if s.shape[0] is not None else '?') if s.shape else 'scalar'}"
-                     for s in specs)
+    def first(spec: InputSpec) -> str:
+        if not spec.shape:
+            return "scalar" if spec.ranked else "?"
+        return "?" if spec.shape[0] is None else str(spec.shape[0])
+
+    return ", ".join(f"{spec.name} {first(spec)}" for spec in specs)
 
 
 @dataclasses.dataclass
@@ -152,7 +158,7 @@ class DataSet:
         """Yield feeds of at most ``batch_size`` samples, in order (stacked data: one sample per feed)."""
         if self.stacked:
             for index in range(len(self)):
-                yield {name: array[index] for name, array in self.inputs.items()}
+                yield {name: array[index, ...] for name, array in self.inputs.items()}
             return
         for start in range(0, len(self), batch_size):
             yield {name: array[start : start + batch_size] for name, array in self.inputs.items()}
@@ -160,7 +166,7 @@ class DataSet:
     def feed(self, sample: int, batch_size: int) -> dict[str, np.ndarray]:
         """The feed of :meth:`batches` that holds ``sample``."""
         if self.stacked:
-            return {name: array[sample] for name, array in self.inputs.items()}
+            return {name: array[sample, ...] for name, array in self.inputs.items()}
         start = (sample // batch_size) * batch_size
         return {name: array[start : start + batch_size] for name, array in self.inputs.items()}
 
@@ -229,7 +235,7 @@ class DataSet:
             shown = "(" + ", ".join(map(str, feed_shape)) + ")"
             if array.dtype != spec.dtype and not (any_float and array.dtype.kind == spec.dtype.kind == "f"):
                 raise InputError(f"{where} of dtype {array.dtype} but the model expects {spec.dtype}")
-            mismatch = (spec.shape and len(feed_shape) != len(spec.shape)) or any(
+            mismatch = (spec.ranked and len(feed_shape) != len(spec.shape)) or any(
                 isinstance(dim, int) and feed_shape[i] != dim for i, dim in enumerate(spec.shape)
                 if data.stacked or i > 0)
             if mismatch:
@@ -261,7 +267,7 @@ class DataSet:
             return self
         if self.stacked:
             return self
-        extra = {spec.name: np.ndim(self.inputs[spec.name]) - len(spec.shape) for spec in specs}
+        extra = {spec.name: np.ndim(self.inputs[spec.name]) - len(spec.shape) for spec in specs if spec.ranked}
         if set(extra.values()) not in ({0}, {1}):
             shapes = ", ".join(f"{s.name} {np.shape(self.inputs[s.name])} for {s.describe()}" for s in specs)
             raise InputError(f"{role} data {self.source}: the model's inputs share no batch axis (leading dims "

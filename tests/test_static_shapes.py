@@ -214,3 +214,24 @@ def test_distill_refuses_a_model_without_a_batch_axis(tmp_path):
                                        "--target", "cpu"])
     assert result.exit_code != 0 and "share no batch axis (leading dims x 4, y 2)" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "o.onnx").exists()
+
+
+def test_scalar_and_unranked_inputs():
+    # a scalar input: no shared batch axis; a file of the inputs themselves is one sample
+    scaled = _model([helper.make_node("Mul", ["x", "k"], ["y"])],
+                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+                     helper.make_tensor_value_info("k", TensorProto.FLOAT, [])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    x = RNG.standard_normal((5, 3)).astype(np.float32)
+    data = DataSet({"x": x, "k": np.float32(2.0)}).check_against(_specs(scaled), "evaluation")
+    assert data.stacked and len(data) == 1
+    result = graphopt.optimize(scaled, fp16=True, eval_data=data, target="cpu", cache=False, latency_budget=0)
+    assert result.passed and result.report.metrics_after is not None
+    # an input whose rank the model does not declare keeps the old reading: samples along axis 0
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    specs = _specs(helper.make_model(graph))  # onnx's checker wants a shape; some exporters still omit it
+    assert not specs[0].ranked and batch_axis(specs).kind == "dynamic"
+    data = DataSet({"x": x}).check_against(specs, "evaluation")
+    assert not data.stacked and len(data) == 5

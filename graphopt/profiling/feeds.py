@@ -33,7 +33,7 @@ def make_feeds(specs: Sequence[InputSpec], batch: int, profile: Profile | None =
         if missing:
             raise InputError(f"data {data.source} has no input {missing[0]!r}")
         if data.stacked:
-            return {spec.name: np.ascontiguousarray(data.inputs[spec.name][0]) for spec in specs}
+            return {spec.name: np.ascontiguousarray(data.inputs[spec.name][0, ...]) for spec in specs}
         feeds = {}
         for spec in specs:
             array = data.inputs[spec.name]
