@@ -202,7 +202,12 @@ def optimize(
                              external_data=large.has_external_weights(loaded))  # the layout the user gave
         report.output_path = str(written)
         if engine is not None:
-            report.engine = _build_engine(written, Path(engine_dir), engine, evaluation)
+            try:
+                report.engine = _build_engine(written, Path(engine_dir), engine, evaluation)
+            except BaseException:  # the engine is built from the written model: a failed build takes it back
+                for path in (written, written.with_name(written.name + ".data")):
+                    path.unlink(missing_ok=True)
+                raise
         report.total_seconds = time.perf_counter() - started
     return OptimizeResult(result.model, report, written, passed)
 
@@ -262,8 +267,7 @@ def _data(data: DataLike | None, role: str, specs) -> DataSet | None:
     if data is None:
         return None
     dataset = data if isinstance(data, DataSet) else load_data(data)
-    dataset.check_against(specs, role)
-    return dataset
+    return dataset.check_against(specs, role)
 
 
 def check_train_differs(train: DataSet | None, evaluation: DataSet | None) -> None:

@@ -3,7 +3,8 @@
 Either side is an ONNX file (run by onnxruntime on ``--provider``) or an engine directory (run on the
 target it was built for — so ``graphopt compare model.onnx engine_dir/`` is ORT-CPU against TensorRT
 or the CUDA provider for the same model). Both run batch by batch over the data (the reference's fixed
-batch, else 16, capped by a TensorRT profile's MAX), their outputs are matched by name and compared
+batch, else 16, capped by a TensorRT profile's MAX; one feed per sample when the inputs share no batch
+axis, :mod:`graphopt.data`), their outputs are matched by name and compared
 by :func:`graphopt.verify.compare_outputs` — the same metrics the optimizer's report uses — and judged
 by a :class:`graphopt.verify.Tolerance`.
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from graphopt.data import DataSet
+from graphopt.data import DataSet, batch_axis
 from graphopt.engines.load import OpenedEngine, open_engine
 from graphopt.errors import InputError
 from graphopt.profiling.feeds import cast_to_inputs
@@ -61,7 +62,7 @@ def compare_engines(reference: str | os.PathLike, candidate: str | os.PathLike, 
         engines.append(open_engine(path, chosen if not os.path.isdir(path) else None, threads=threads,
                                    allow_fallback=allow_fallback))
     ref_engine, cand_engine = engines
-    data.check_against(ref_engine.input_specs, "comparison")
+    data = data.check_against(ref_engine.input_specs, "comparison")
     batch = _batch(engines, data)
     ref_out = _run_all(ref_engine, data, batch)
     cand_out = _run_all(cand_engine, data, batch)
@@ -79,7 +80,12 @@ def _describe(engine: OpenedEngine, path) -> dict[str, Any]:
 
 
 def _batch(engines: list[OpenedEngine], data: DataSet) -> int:
-    fixed = {s.static_batch for e in engines for s in e.input_specs if s.static_batch is not None}
+    """Samples per feed: one for stacked data (no shared batch axis), else the fixed batch, else
+    :data:`PREFERRED_BATCH` capped by a profile's MAX."""
+    if data.stacked:
+        return 1
+    axes = [batch_axis(e.input_specs) for e in engines]
+    fixed = {axis.size for axis in axes if axis.kind == "fixed"}
     if len(fixed) > 1:
         raise InputError(f"reference and candidate have different fixed batch sizes {sorted(fixed)}")
     if fixed:
@@ -99,4 +105,4 @@ def _run_all(engine: OpenedEngine, data: DataSet, batch: int) -> dict[str, np.nd
         for name, value in engine.run(cast_to_inputs(feeds, specs)).items():
             array = np.asarray(value)
             collected.setdefault(name, []).append(array.astype(np.float32) if array.dtype == np.float16 else array)
-    return {name: np.concatenate(parts) if parts[0].ndim else np.stack(parts) for name, parts in collected.items()}
+    return {name: data.join(parts) for name, parts in collected.items()}

@@ -4,8 +4,15 @@
 compact tables. Nothing here modifies the model (shape inference runs on a clone that shares the
 weights).
 
-MACs (multiply-accumulates) are counted at the shapes onnx shape inference finds, after any
-``--shape`` overrides have fixed the symbolic input dimensions:
+MACs (multiply-accumulates) are counted at the shapes onnx shape inference finds (onnxruntime's
+symbolic shape inference fills what it leaves open), after any ``--shape`` overrides have fixed the
+symbolic input dimensions. Without ``--shape``, a model whose only unknown input dims are a batch axis
+(a symbolic leading dim shared by every input, :func:`graphopt.data.batch_axis` — how exporters write
+``dynamic_axes={"input": {0: "N"}}``) is counted **per sample**: the batch axis is set to 1 on the
+inference copy and the report says so (``macs.per_sample``). Any other unknown dim (a sequence length,
+an image size) leaves the nodes that depend on it *unknown*, with a ``--shape`` hint. Every node of
+the ops below counts, whatever its operands are — weights or activations (attention's ``Q·Kᵀ`` and
+``softmax·V`` MatMuls included):
 
 * ``Conv`` / ``QLinearConv`` / ``ConvInteger``: ``N·Cout·Hout·Wout·(Cin/group)·kH·kW``,
   i.e. ``prod(Y.shape) · prod(W.shape[1:])`` for any number of spatial dims;
@@ -128,6 +135,7 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto | ir.Model,
 
     inferred = loaded.clone()
     _apply_overrides(inferred, dict(shape_overrides or {}))
+    per_sample = None if shape_overrides else _one_sample(inferred)
     log = WarningLog()
     with captured_warnings(log):
         shape_inference_ok = _infer_shapes(inferred)
@@ -155,13 +163,27 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto | ir.Model,
         "op_histogram": dict(histogram.most_common()),
         "parameters": _parameter_stats(weights),
         "sparsity": _sparsity(weights, loaded),
-        "macs": _count_macs(inferred),
+        "macs": {**_count_macs(inferred), "per_sample": per_sample},
         "precision": _precision(loaded, histogram, weights),
         "shape_overrides": {k: list(v) for k, v in (shape_overrides or {}).items()},
         "shape_inference": "ok" if shape_inference_ok else "failed",
         "notes": notes,
     }
     return info
+
+
+def _one_sample(model: ir.Model) -> dict[str, Any] | None:
+    """Set the batch axis to 1 on ``model`` (a clone) when it is the only unknown input dim; returns
+    ``{"batch_axis": name, "size": 1}`` then, else ``None`` and the model is left as it is."""
+    from graphopt.data import batch_axis, input_specs
+
+    specs = input_specs(model)
+    axis = batch_axis(specs)
+    if axis.kind != "dynamic" or not specs or any(not isinstance(d, int) for s in specs for d in s.shape[1:]):
+        return None
+    for value in _graph_inputs(model):
+        value.shape = ir.Shape([1, *list(value.shape.dims)[1:]])
+    return {"batch_axis": axis.name, "size": 1}
 
 
 def _infer_shapes(model: ir.Model) -> bool:
@@ -678,6 +700,9 @@ def render_inspection(info: dict[str, Any], console, top: int = 10) -> None:
 
 def _macs_line(macs: dict[str, Any], inputs: list[dict[str, Any]]) -> str:
     text = f"{_human(macs['total'])} over {macs['nodes_counted']} nodes"
+    if macs.get("per_sample"):
+        name = macs["per_sample"]["batch_axis"]
+        text += f", per sample (batch axis {name} = 1)" if name else ", per sample (unnamed batch axis = 1)"
     if macs["unknown_nodes"]:
         hints = [f"--shape {row['name']}=" + "x".join(str(d) if isinstance(d, int) else "1" for d in row["shape"])
                  for row in inputs if row["shape"] and "override" not in row

@@ -200,7 +200,7 @@ def _run_engine(engine: ort_engine.OrtEngine, data: DataSet, batch: int) -> dict
     float_inputs = {i.name: _NP_FLOAT[i.type] for i in engine.session.get_inputs() if i.type in _NP_FLOAT}
     batches = ({k: v.astype(float_inputs[k]) if k in float_inputs and v.dtype.kind == "f" else v
                 for k, v in feeds.items()} for feeds in data.batches(batch))
-    return engine.run_batches(batches)
+    return engine.run_batches(batches, data.join)
 
 
 _NP_FLOAT = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}

@@ -49,7 +49,7 @@ def test_folder_of_npy(tmp_path):
 def test_sample_counts_must_agree(tmp_path):
     np.savez(tmp_path / "d.npz", input=np.zeros((4, 1, 8, 8), np.float32), labels=np.zeros(3, np.int64))
     with pytest.raises(InputError, match="disagree on the number of samples"):
-        load_data(tmp_path / "d.npz")
+        load_data(tmp_path / "d.npz").check_against(specs(), "evaluation")
 
 
 def test_static_batch_sets_batch_size():
@@ -79,8 +79,9 @@ def test_fingerprint_follows_content():
 
 def test_probe_data_gives_dynamic_image_dims_a_size_cnns_can_downsample():
     image = InputSpec("image", np.dtype(np.float32), ("N", 3, "H", "W"))
-    tokens = InputSpec("ids", np.dtype(np.int64), ("batch", "seq"))
+    tokens = InputSpec("ids", np.dtype(np.int64), ("N", "seq"))
     data = probe_data([image, tokens], count=2)
+    assert not data.stacked
     assert data.inputs["image"].shape == (2, 3, PROBE_FEATURE_DIM, PROBE_FEATURE_DIM)
     assert PROBE_FEATURE_DIM % 32 == 0
     assert data.inputs["ids"].shape == (2, PROBE_OTHER_DIM)

@@ -166,10 +166,12 @@ def test_shape_ranges_parse_and_check():
 
 
 def test_derived_profile_spans_the_batches_and_the_data(tmp_path):
-    specs = [InputSpec("ids", np.dtype(np.int64), ("batch", "seq")), InputSpec("x", np.dtype(np.float32), (1, 4))]
+    specs = [InputSpec("ids", np.dtype(np.int64), ("batch", "seq")), InputSpec("x", np.dtype(np.float32), ("batch", 4))]
     data = load_data(_npz(tmp_path, ids=np.ones((3, 12), np.int64), x=np.ones((3, 4), np.float32)))
     profile = derive_profile(specs, batches=(1, 8, 32), data=data)
-    assert profile == {"ids": ShapeRange((1, 12), (32, 12), (32, 12))}  # static inputs need none
+    assert profile == {"ids": ShapeRange((1, 12), (32, 12), (32, 12)), "x": ShapeRange((1, 4), (32, 4), (32, 4))}
+    static = [InputSpec("ids", np.dtype(np.int64), (1, "seq")), InputSpec("x", np.dtype(np.float32), (1, 4))]
+    assert derive_profile(static, data=data) == {"ids": ShapeRange((1, 12), (1, 12), (1, 12))}  # static inputs need none
     given = derive_profile(specs, batches=(1,), given=parse_shapes(["ids:1x4:2x16:4x64"]))
     assert given["ids"].max == (4, 64)
 

@@ -62,21 +62,82 @@ def test_macs_by_hand():
     json.dumps(info)  # serialisable
 
 
-def test_dynamic_batch_unknown_then_fixed_by_override():
+def test_dynamic_batch_counted_per_sample_then_fixed_by_override():
     model = conv_bn_model(batch="N")
     info = inspect_model(model)
     assert info["inputs"][0]["shape"] == ["N", 1, 8, 8]
-    assert info["macs"]["total"] == 0 and info["macs"]["unknown_nodes"] == 2
-    fixed = inspect_model(model, {"input": (3, 1, 8, 8)})
-    conv, gemm = 3 * 4 * 8 * 8 * 1 * 3 * 3, 3 * 256 * 10
-    assert fixed["macs"]["by_op_type"] == {"Conv": conv, "Gemm": gemm}
-    assert fixed["macs"]["unknown_nodes"] == 0
+    static = inspect_model(conv_bn_model(batch=1))
+    conv, gemm = 4 * 8 * 8 * 1 * 3 * 3, 256 * 10
+    assert static["macs"]["by_op_type"] == {"Conv": conv, "Gemm": gemm} and static["macs"]["per_sample"] is None
+    assert info["macs"]["total"] == static["macs"]["total"] and info["macs"]["unknown_nodes"] == 0
+    assert info["macs"]["per_sample"] == {"batch_axis": "N", "size": 1}
+    fixed = inspect_model(model, {"input": (3, 1, 8, 8)})  # --shape overrides the per-sample count
+    assert fixed["macs"]["by_op_type"] == {"Conv": 3 * conv, "Gemm": 3 * gemm}
+    assert fixed["macs"]["unknown_nodes"] == 0 and fixed["macs"]["per_sample"] is None
     assert fixed["inputs"][0]["override"] == [3, 1, 8, 8]
     # the caller's model is not modified
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     ir_model = ir.from_proto(model)
+    inspect_model(ir_model)
     inspect_model(ir_model, {"input": (3, 1, 8, 8)})
     assert str(ir_model.graph.inputs[0].shape[0]) == "N"
+
+
+def test_other_unknown_dims_stay_unknown_with_a_hint(model_path, tmp_path):
+    ids = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 16])
+    w = numpy_helper.from_array(np.ones((16, 8), np.float32), "w")
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [ids], [vi("y", None)], [w])
+    info = inspect_model(model)
+    assert info["macs"]["per_sample"] is None and info["macs"]["unknown_nodes"] == 1
+    onnx.save(model, str(tmp_path / "seq.onnx"))
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "seq.onnx")])
+    assert result.exit_code == 0 and "--shape x=1x1x16" in result.output and "per sample" not in result.output
+    named = inspect_model(conv_bn_model(batch="N"))
+    assert named["macs"]["per_sample"]["batch_axis"] == "N"
+
+
+def attention_model(batch="N", seq=6, heads=2, head_dim=4):
+    """Self-attention as a BERT export writes it: projections, heads split by a Reshape whose target
+    shape is computed from ``Shape`` at run time, ``Q·Kᵀ`` and ``softmax·V`` MatMuls of activations."""
+    d = heads * head_dim
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((d, d)).astype(np.float32), n) for n in ("wq", "wk", "wv")]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("i0", [0]), ("i1", [1]), ("tail", [heads, head_dim]), ("flat", [d]))]
+    nodes = [helper.make_node("MatMul", ["x", w], [o]) for w, o in (("wq", "q0"), ("wk", "k0"), ("wv", "v0"))]
+    nodes += [helper.make_node("Shape", ["x"], ["sh"]),
+              helper.make_node("Gather", ["sh", "i0"], ["n"], axis=0),
+              helper.make_node("Gather", ["sh", "i1"], ["s"], axis=0),
+              helper.make_node("Concat", ["n", "s", "tail"], ["split"], axis=0),
+              helper.make_node("Concat", ["n", "s", "flat"], ["merge"], axis=0)]
+    for name in ("q", "k", "v"):
+        nodes += [helper.make_node("Reshape", [f"{name}0", "split"], [f"{name}1"]),
+                  helper.make_node("Transpose", [f"{name}1"], [f"{name}h"],
+                                   perm=[0, 2, 3, 1] if name == "k" else [0, 2, 1, 3])]
+    nodes += [helper.make_node("MatMul", ["qh", "kh"], ["scores"], name="qk"),
+              helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vh"], ["ctx"], name="pv"),
+              helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ctx_t", "merge"], ["y"])]
+    return make_model(nodes, [vi("x", [batch, seq, d])], [vi("y", [batch, seq, d])], inits)
+
+
+def test_attention_matmuls_of_activations_are_counted():
+    seq, heads, head_dim = 6, 2, 4
+    d = heads * head_dim
+    projections = 3 * seq * d * d
+    attention = 2 * heads * seq * seq * head_dim  # Q·Kᵀ (S×Dh · Dh×S) and P·V (S×S · S×Dh) per head
+    by_node = {}
+    for model in (attention_model(batch="N"), attention_model(batch=1)):
+        info = inspect_model(model)
+        assert info["macs"]["by_op_type"] == {"MatMul": projections + attention}, info["notes"]
+        assert info["macs"]["nodes_counted"] == 5 and info["macs"]["complete"]
+        by_node[info["macs"]["per_sample"] is not None] = info["macs"]["total"]
+    assert by_node[True] == by_node[False]
+    from onnxruntime import InferenceSession  # the hand-built graph is a valid model
+
+    x = np.random.default_rng(1).standard_normal((2, seq, d)).astype(np.float32)
+    assert InferenceSession(attention_model().SerializeToString()).run(None, {"x": x})[0].shape == (2, seq, d)
 
 
 def test_shape_override_errors():
@@ -212,7 +273,7 @@ def test_cli_json_and_table(tmp_path, model_path):
     info = json.loads(result.output)
     assert info["macs"]["total"] == 2 * (4 * 64 * 9 + 256 * 10)
     table = runner.invoke(main, ["inspect", str(model_path)])
-    assert table.exit_code == 0 and "MACs" in table.output and "--shape input=1x1x8x8" in table.output
+    assert table.exit_code == 0 and "4.86 k over 2 nodes, per sample (batch axis N = 1)" in table.output
 
 
 @pytest.mark.parametrize("shape, message", [("input", "--shape expects NAME=1x3x224x224"),

@@ -87,3 +87,17 @@ def test_an_existing_output_is_replaced_whole(tmp_path, model_path):
     out.write_bytes(b"old")
     save_model(load_model(model_path), out)
     onnx.checker.check_model(str(out))
+
+
+def test_a_failed_engine_build_takes_the_written_model_back(tmp_path, model_path, monkeypatch):
+    """``optimize --engine`` builds from the model it wrote; when that build fails the run leaves nothing."""
+    import graphopt.engines.build as build
+
+    def fails(*_args, **_kwargs):
+        raise InputError("engine build failed: out of device memory")
+
+    monkeypatch.setattr(build, "build_engine", fails)
+    result = CliRunner().invoke(main, ["optimize", str(model_path), "-o", str(tmp_path / "opt.onnx"), "--no-cache",
+                                       "--engine", "ort", "--engine-dir", str(tmp_path / "engine")])
+    assert result.exit_code == 2 and "out of device memory" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

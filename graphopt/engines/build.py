@@ -114,7 +114,7 @@ def build_engine(model: str | os.PathLike | onnx.ModelProto | ir.Model, out_dir:
     loaded = load_model(model)
     specs = input_specs(loaded)
     if data is not None:
-        data.check_against(specs, "shape")
+        data = data.check_against(specs, "shape")
     # TensorRT (plan or provider) needs a range for every dynamic input; onnxruntime's CPU and CUDA
     # providers take any shape, so there only the ranges the user gave are recorded (and enforced).
     if options.target == "trt":

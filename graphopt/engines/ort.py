@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -76,13 +76,15 @@ class OrtEngine:
         outputs = self.session.run(None, feeds)
         return dict(zip(self.output_names, outputs))
 
-    def run_batches(self, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Run every batch and concatenate each output along axis 0."""
+    def run_batches(self, batches: Iterable[dict[str, np.ndarray]],
+                    join: Callable[[list[np.ndarray]], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Run every batch and join each output's parts: ``join`` (a data set's
+        :meth:`~graphopt.data.DataSet.join`), else concatenated along axis 0."""
         collected: dict[str, list[np.ndarray]] = {}
         for feeds in batches:
             for name, value in self.run(feeds).items():
                 collected.setdefault(name, []).append(np.asarray(value))
-        return {name: _concat(parts) for name, parts in collected.items()}
+        return {name: (join or _concat)(parts) for name, parts in collected.items()}
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:

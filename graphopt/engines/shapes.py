@@ -7,9 +7,10 @@ profile; onnxruntime's TensorRT provider takes the same three). On the command l
 with commas. Rules checked against the model: the input exists, ranks agree, dims the model fixes
 are kept, every dim is ≥ 1 and MIN ≤ OPT ≤ MAX dim by dim.
 
-Without ``--shapes`` a profile is derived (:func:`derive_profile`): the batch dim (a dynamic first
-dim) spans the batch sizes the caller will run (``1 … max``, OPT the largest), every other dynamic dim
-is taken from the data (its size there; with no data, the probe size of :func:`graphopt.data.probe_data`).
+Without ``--shapes`` a profile is derived (:func:`derive_profile`): the batch axis (a symbolic leading
+dim shared by every input, :func:`graphopt.data.batch_axis`) spans the batch sizes the caller will run
+(``1 … max``, OPT the largest), every other dynamic dim is taken from the data (its size in one feed;
+with no data, the probe size of :func:`graphopt.data.feed_shapes`, one size per dim name).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 
-from graphopt.data import PROBE_FEATURE_DIM, PROBE_OTHER_DIM, DataSet, InputSpec
+from graphopt.data import DataSet, InputSpec, batch_axis, feed_shapes
 from graphopt.errors import InputError
 
 Dims = tuple[int, ...]
@@ -119,6 +120,8 @@ def derive_profile(specs: Sequence[InputSpec], batches: Sequence[int] = (1,), da
     (see the module docstring). Static inputs get none."""
     given = dict(given or {})
     check_profile(given, specs)
+    shared = batch_axis(specs).kind == "dynamic"
+    sizes = feed_shapes(specs, max(batches), data_feed_shapes(data))
     profile: Profile = {}
     for spec in specs:
         if spec.name in given:
@@ -130,35 +133,30 @@ def derive_profile(specs: Sequence[InputSpec], batches: Sequence[int] = (1,), da
         for axis, dim in enumerate(spec.shape):
             if isinstance(dim, int):
                 low.append(dim), opt.append(dim), high.append(dim)
-            elif axis == 0:
+            elif axis == 0 and shared:
                 low.append(min(batches)), opt.append(max(batches)), high.append(max(batches))
             else:
-                size = _data_dim(data, spec, axis)
+                size = sizes[spec.name][axis]
                 low.append(size), opt.append(size), high.append(size)
         profile[spec.name] = ShapeRange(tuple(low), tuple(opt), tuple(high))
     return profile
 
 
-def _data_dim(data: DataSet | None, spec: InputSpec, axis: int) -> int:
-    if data is not None and spec.name in data.inputs and data.inputs[spec.name].ndim > axis:
-        return int(data.inputs[spec.name].shape[axis])
-    return PROBE_FEATURE_DIM if spec.dtype.kind == "f" and len(spec.shape) >= 3 else PROBE_OTHER_DIM
+def data_feed_shapes(data: DataSet | None) -> dict[str, tuple[int, ...]]:
+    """The shape of one feed of ``data`` per input (its batch axis as it is); empty without data."""
+    if data is None:
+        return {}
+    return {name: tuple(array.shape[1:] if data.stacked else array.shape) for name, array in data.inputs.items()}
 
 
-def feed_shape(spec: InputSpec, batch: int, profile: Profile, data: DataSet | None = None) -> Dims:
-    """The shape to time ``spec`` at: the batch dim set to ``batch`` (when dynamic), other dynamic dims
-    from the profile's OPT, else from the data or the probe size."""
-    shape = []
-    for axis, dim in enumerate(spec.shape):
-        if isinstance(dim, int):
-            shape.append(dim)
-        elif axis == 0:
-            shape.append(batch)
-        elif spec.name in profile:
-            shape.append(profile[spec.name].opt[axis])
-        else:
-            shape.append(_data_dim(data, spec, axis))
-    return tuple(shape)
+def feed_shapes_for(specs: Sequence[InputSpec], batch: int, profile: Profile,
+                    data: DataSet | None = None) -> dict[str, Dims]:
+    """The shapes to time ``specs`` at: the batch axis (when shared and dynamic) set to ``batch``, other
+    symbolic dims from the profile's OPT, else from the data or the probe sizes
+    (:func:`graphopt.data.feed_shapes`: one size per dim name)."""
+    known = data_feed_shapes(data)
+    known.update({name: shape_range.opt for name, shape_range in profile.items()})
+    return feed_shapes(specs, batch, known)
 
 
 def check_within(profile: Profile, feeds_shapes: dict[str, Sequence[int]], what: str = "the engine") -> None:

@@ -1,8 +1,9 @@
 """Inputs to time an engine with: real samples when given, else deterministic probe inputs.
 
-Shapes follow :func:`graphopt.engines.shapes.feed_shape` (batch dim = the batch being timed, other
-dynamic dims from the shape profile's OPT, the data, or the probe size). Real data is taken from its
-first samples, repeated when the batch is larger than the data set.
+Shapes follow :func:`graphopt.engines.shapes.feed_shapes_for` (the batch axis = the batch being timed,
+other dynamic dims from the shape profile's OPT, the data, or the probe size). Real data is taken from
+its first samples, repeated when the batch is larger than the data set. A model whose inputs share no
+batch axis (:func:`graphopt.data.batch_axis`) is timed one feed at a time: batch 1 = one feed.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from graphopt.data import DataSet, InputSpec, probe_data
-from graphopt.engines.shapes import Profile, feed_shape
+from graphopt.data import DataSet, InputSpec, batch_axis, leading_dims, probe_data
+from graphopt.engines.shapes import Profile, feed_shapes_for
 from graphopt.errors import InputError
 
 
@@ -20,23 +21,27 @@ def make_feeds(specs: Sequence[InputSpec], batch: int, profile: Profile | None =
                data: DataSet | None = None) -> dict[str, np.ndarray]:
     """One feed dict of ``batch`` samples for every input in ``specs``."""
     profile = profile or {}
-    for spec in specs:
-        fixed = spec.static_batch
-        if fixed is not None and fixed != batch:
-            raise InputError(f"input {spec.name!r} has a fixed batch of {fixed} {spec.describe()}; "
-                             f"it cannot be timed at batch {batch} (use --batch {fixed})")
+    axis = batch_axis(specs)
+    if axis.kind == "fixed" and axis.size != batch:
+        raise InputError(f"the model takes a fixed batch of {axis.size} (its inputs' leading dim); "
+                         f"it cannot be timed at batch {batch} (use --batch {axis.size})")
+    if axis.stacked and batch != 1:
+        raise InputError(f"the model's inputs share no batch axis (leading dims {leading_dims(specs)}): one feed "
+                         f"is one sample, so it is timed at batch 1 only, not {batch}")
     if data is not None:
+        missing = [spec.name for spec in specs if spec.name not in data.inputs]
+        if missing:
+            raise InputError(f"data {data.source} has no input {missing[0]!r}")
+        if data.stacked:
+            return {spec.name: np.ascontiguousarray(data.inputs[spec.name][0, ...]) for spec in specs}
         feeds = {}
         for spec in specs:
-            if spec.name not in data.inputs:
-                raise InputError(f"data {data.source} has no input {spec.name!r}")
             array = data.inputs[spec.name]
             reps = -(-batch // len(array))
             feeds[spec.name] = np.ascontiguousarray(np.concatenate([array] * reps)[:batch] if reps > 1 else array[:batch])
         return feeds
-    shapes = {spec.name: feed_shape(spec, batch, profile) for spec in specs}
-    probe = probe_data(list(specs), count=batch, dim_overrides=shapes)
-    return {name: np.ascontiguousarray(array[:batch]) for name, array in probe.inputs.items()}
+    probe = probe_data(list(specs), count=batch, dim_overrides=feed_shapes_for(specs, batch, profile))
+    return {name: np.ascontiguousarray(array) for name, array in probe.feed(0, batch).items()}
 
 
 def cast_to_inputs(feeds: dict[str, np.ndarray], specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:

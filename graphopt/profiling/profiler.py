@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from graphopt.data import DataSet
+from graphopt.data import DataSet, batch_axis
 from graphopt.engines.load import OpenedEngine, open_engine
 from graphopt.engines.shapes import Profile, check_profile
 from graphopt.errors import InputError
@@ -170,7 +170,9 @@ def open_engines(sources: Sequence[str | os.PathLike], options: ProfileOptions, 
 
 
 def resolve_batches(engines: Sequence[OpenedEngine], requested: tuple[int, ...] | None) -> list[int]:
-    fixed = {spec.static_batch for engine in engines for spec in engine.input_specs if spec.static_batch is not None}
+    """The batches to time: those requested, else the models' fixed batch, else 1 (also the only batch of
+    a model whose inputs share no batch axis: one feed)."""
+    fixed = {axis.size for axis in (batch_axis(engine.input_specs) for engine in engines) if axis.kind == "fixed"}
     if requested is None:
         if len(fixed) > 1:
             raise InputError(f"the models have different fixed batch sizes {sorted(fixed)}; they cannot be timed together")
@@ -191,6 +193,8 @@ def profile_engines(sources: Sequence[str | os.PathLike], options: ProfileOption
     engines = [engine for engine, _, _ in opened]
     for engine in engines:
         check_profile(options.shapes or {}, engine.input_specs)
+    if data is not None:  # laid out as the first model takes it; each engine casts floats to its own type
+        data = data.check_against(engines[0].input_specs, "profiling", any_float=True)
     batches = resolve_batches(engines, options.batches)
     results = [EngineProfile(e.label, str(s), e.kind, e.requested, e.providers, e.fallback_reason, rss, gpu,
                              warnings=list(e.warnings)) for (e, rss, gpu), s in zip(opened, sources)]

@@ -49,7 +49,7 @@ def export_student(module: TorchGraph, student: ir.Model, data: DataSet, device:
     sample = data.take(VERIFY_SAMPLES)
     batch = sample.batch_size_for(input_specs(student), preferred=len(sample))
     expected = evaluate(module, sample, batch, resolve_device(device))
-    got = ort_engine.build(exported).run_batches(sample.batches(batch))
+    got = ort_engine.build(exported).run_batches(sample.batches(batch), sample.join)
     errors = max_relative_error(expected, got)
     worst = max(errors, key=errors.get)
     if not np.isfinite(errors[worst]) or errors[worst] > VERIFY_RTOL:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from graphopt.console import stderr
-from graphopt.data import input_specs
+from graphopt.data import input_specs, leading_dims
 from graphopt.errors import InputError, PreconditionFailed
 from graphopt.model_io import model_hash
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
@@ -136,7 +136,10 @@ class DistillPass(GraphoptPass):
             raise InputError("distill needs training and evaluation data: give --train-data and --eval-data")
         teacher, student, notes, source = self._teacher_and_student(model)
         check_student_io(teacher, student)
-        train_data.check_against(input_specs(teacher), "training")
+        train_data = train_data.check_against(input_specs(teacher), "training")
+        if train_data.stacked:
+            raise PreconditionFailed(f"distill trains on batches of samples, but the model's inputs share no batch "
+                                     f"axis (leading dims {leading_dims(input_specs(teacher))})")
 
         budget = context.max_accuracy_drop if context.max_accuracy_drop is not None else DEFAULT_BUDGET
         teacher_eval = run_teacher(teacher, eval_data)

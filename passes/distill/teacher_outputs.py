@@ -43,7 +43,7 @@ def cache_key(teacher: ir.Model, data: DataSet) -> str:
 def run_teacher(teacher: ir.Model, data: DataSet) -> dict[str, np.ndarray]:
     """The teacher's outputs on a small data set (evaluation data), in memory."""
     engine = ort_engine.build(teacher)
-    return engine.run_batches(data.batches(data.batch_size_for(input_specs(teacher))))
+    return engine.run_batches(data.batches(data.batch_size_for(input_specs(teacher))), data.join)
 
 
 @contextlib.contextmanager

@@ -278,8 +278,7 @@ class Fp16Pass(GraphoptPass):
 
     @staticmethod
     def _feeds(data: DataSet, batch: int, sample: int | None) -> dict[str, np.ndarray]:
-        start = ((sample or 0) // batch) * batch
-        return {k: v[start:start + batch] for k, v in data.inputs.items()}
+        return data.feed(sample or 0, batch)
 
     def _numeric_check(self, converted: onnx.ModelProto, data: DataSet, batch: int,
                        reference: dict[str, np.ndarray]) -> tuple[verify.CheckResult | None, onnx.ModelProto]:

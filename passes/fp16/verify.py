@@ -96,7 +96,7 @@ class CheckResult:
 
 def run_outputs(proto: onnx.ModelProto, data: DataSet, batch: int) -> dict[str, np.ndarray]:
     engine = ort_engine.build(proto, optimization="basic")
-    return engine.run_batches(data.batches(batch))
+    return engine.run_batches(data.batches(batch), data.join)
 
 
 def self_check(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],

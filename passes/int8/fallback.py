@@ -93,17 +93,17 @@ class Evaluator:
         self.data = data
         self.metric = metric
         self.batch = data.batch_size_for(input_specs(ir.from_proto(reference_model)), batch_size)
-        self.reference = ort_engine.build(reference_model).run_batches(data.batches(self.batch))
+        self.reference = ort_engine.build(reference_model).run_batches(data.batches(self.batch), data.join)
         self.probe_data = data.take(min(probe_samples, len(data)))
         count = len(self.probe_data)
         self.probe_reference = {name: value[:count] for name, value in self.reference.items()}
 
     def compare(self, model: onnx.ModelProto) -> Comparison:
-        outputs = ort_engine.build(model).run_batches(self.data.batches(self.batch))
+        outputs = ort_engine.build(model).run_batches(self.data.batches(self.batch), self.data.join)
         return compare_outputs(self.reference, outputs, self.data.labels, self.metric)
 
     def probe(self, model: onnx.ModelProto) -> Comparison:
-        outputs = ort_engine.build(model).run_batches(self.probe_data.batches(self.batch))
+        outputs = ort_engine.build(model).run_batches(self.probe_data.batches(self.batch), self.probe_data.join)
         return compare_outputs(self.probe_reference, outputs, self.probe_data.labels, self.metric)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphopt.data import input_specs, probe_data
+from graphopt.data import batch_axis, input_specs, probe_data
 from graphopt.errors import PreconditionFailed, first_line
 
 PROBE_BATCH = 2
@@ -70,22 +70,26 @@ class ProbeRun:
 
 
 def probe_feeds(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
-    """One small batch of probe inputs (dynamic batch = :data:`PROBE_BATCH`)."""
-    data = probe_data(input_specs(model), count=PROBE_BATCH, seed=seed)
-    return {name: array[:PROBE_BATCH] if array.ndim and len(array) > PROBE_BATCH else array
-            for name, array in data.inputs.items()}
+    """One feed of probe inputs (a dynamic batch axis = :data:`PROBE_BATCH`; static dims as declared)."""
+    specs = input_specs(model)
+    data = probe_data(specs, count=PROBE_BATCH, seed=seed)
+    return data.feed(0, data.batch_size_for(specs, PROBE_BATCH))
 
 
 def second_feeds(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """``feeds`` with every dynamic input dim grown by half (batch + 1); ``None`` when none is dynamic."""
+    """``feeds`` with every dynamic input dim grown by half (the batch axis + 1) — a symbolic dim named
+    alike in several inputs grown alike; ``None`` when none is dynamic."""
     specs = {spec.name: spec for spec in input_specs(model)}
+    shared = batch_axis(list(specs.values())).kind == "dynamic"
     grown, changed = {}, False
+    named: dict[str, int] = {}
     for name, array in feeds.items():
         spec = specs.get(name)
         dims = list(array.shape)
         for axis, declared in enumerate(spec.shape if spec else ()):
-            if not isinstance(declared, int):
-                dims[axis] = dims[axis] + 1 if axis == 0 else dims[axis] + max(dims[axis] // 2, 1)
+            if not isinstance(declared, int) and axis < len(dims):
+                size = dims[axis] + 1 if axis == 0 and shared else dims[axis] + max(dims[axis] // 2, 1)
+                dims[axis] = named.setdefault(declared, size) if isinstance(declared, str) else size
                 changed = True
         reps = [int(np.ceil(d / max(s, 1))) for d, s in zip(dims, array.shape)]
         grown[name] = np.tile(array, reps)[tuple(slice(0, d) for d in dims)] if array.ndim else array

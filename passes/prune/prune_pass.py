@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.data import input_specs, probe_data
+from graphopt.data import feed_shapes, input_specs
 from graphopt.errors import InputError, PreconditionFailed
 from graphopt.inspection import is_quant_op, macs_by_node, op_histogram
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
@@ -191,9 +191,8 @@ class PrunePass(GraphoptPass):
 
 
 def mac_shapes(model: ir.Model) -> dict[str, tuple[int, ...]]:
-    """Input shapes MACs are counted at: batch 1, other dynamic dims as the probe inputs choose."""
-    data = probe_data(input_specs(model), count=1)
-    return {name: tuple(int(d) for d in array.shape) for name, array in data.inputs.items()}
+    """Input shapes MACs are counted at: one feed of batch 1, other dynamic dims as the probe inputs choose."""
+    return feed_shapes(input_specs(model), batch=1)
 
 
 def parameter_count(model: ir.Model) -> int:
