@@ -51,6 +51,7 @@ from graphopt.passes.int8.scheme import (
     scheme_for,
     tensors_to_calibrate,
 )
+from graphopt.passes.int8.smoothquant import smoothquant
 from graphopt.passes.int8.trt_check import check_trt_qdq
 
 
@@ -85,6 +86,13 @@ class Int8Options:
     """At most this many layers moved back to float by the fallback (``None`` = no limit)."""
     keep_best: bool = False
     """Write the best model found even when the accuracy budget is missed (the run still fails)."""
+
+    # --- transformer methods (issue 12, transformer half); each is on by default and reported under
+    # --- the pass's ``methods`` stats
+    smoothquant: bool = True
+    """Migrate activation outliers into the weights before calibrating (:mod:`.smoothquant`)."""
+    outlier_split: bool = True
+    """Run the few massive input channels of a layer in float, the rest in int8 (:mod:`.outlier_split`)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.percentile <= 100:
@@ -133,6 +141,12 @@ class Int8Pass(GraphoptPass):
             raise PreconditionFailed("nothing left to quantize: every weighted layer is excluded")
         notes: list[str] = []
         data = self._calibration_data(model)
+        methods: list[dict] = []
+        if options.smoothquant or options.outlier_split:  # issue 12: before calibrating the rewritten graph
+            prepared = smoothquant(proto, data, nodes, scheme, smooth=options.smoothquant,
+                                   split=options.outlier_split, batch_size=options.calib_batch_size)
+            proto = prepared.model
+            methods += prepared.reports(smooth=options.smoothquant, split=options.outlier_split)
         tensors = tensors_to_calibrate(proto, nodes)
         guard = options.min_sqnr_db is not None
         calib = calibrate(proto, data, tensors, method, batch_size=options.calib_batch_size,
@@ -163,7 +177,8 @@ class Int8Pass(GraphoptPass):
         float_layers: tuple[str, ...] = ()
         stats: dict = {"scheme": f"{scheme.target}: {scheme.describe()}", "calib_method": method,
                        "calib_samples": calib.samples, "calib_settle": calib.settle.describe(),
-                       "layers_in_float_low_sqnr": {name: round(db, 1) for name, db in low_sqnr.items()}}
+                       "layers_in_float_low_sqnr": {name: round(db, 1) for name, db in low_sqnr.items()},
+                       "methods": methods}
         if options.fallback and context.eval is not None and context.max_accuracy_drop is not None:
             evaluator = Evaluator(proto, context.eval, metric=context.metric)
             weighted = [n.name for n in proto.graph.node if n.name in set(nodes) and n.op_type in WEIGHTED_OPS]
