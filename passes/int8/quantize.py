@@ -37,6 +37,7 @@ from graphopt.console import stderr
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PreconditionFailed
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
+from graphopt.passes.int8 import attention_float
 from graphopt.passes.int8.calibration import MIN_SAMPLES, CalibMethod, calibrate
 from graphopt.passes.int8.fallback import Evaluator, batch1_latency_ms, edits_of, run_fallback
 from graphopt.passes.int8.scheme import (
@@ -92,7 +93,10 @@ class Int8Options:
     smoothquant: bool = True
     """Migrate activation outliers into the weights before calibrating (:mod:`.smoothquant`)."""
     outlier_split: bool = True
-    """Run the few massive input channels of a layer in float, the rest in int8 (:mod:`.outlier_split`)."""
+    """Run the few massive input channels of a layer in float, the rest in int8 (:mod:`.outlier_split`), for
+    the layers whose input quantizes below ``min_sqnr_db`` (which main kept wholly in float)."""
+    float_attention_matmuls: bool = True
+    """On a CPU without VNNI keep activation×activation MatMuls in float (:mod:`.attention_float`)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.percentile <= 100:
@@ -142,13 +146,19 @@ class Int8Pass(GraphoptPass):
         notes: list[str] = []
         data = self._calibration_data(model)
         methods: list[dict] = []
+        guard = options.min_sqnr_db is not None
+        if options.float_attention_matmuls and attention_float.applies(scheme):
+            act_act = attention_float.activation_matmuls(proto, nodes)
+            if act_act:
+                nodes = quantizable_nodes(proto, scheme, (*options.exclude_nodes, *act_act), options.exclude_op_types)
+            methods.append(attention_float.report(act_act))
         if options.smoothquant or options.outlier_split:  # issue 12: before calibrating the rewritten graph
             prepared = smoothquant(proto, data, nodes, scheme, smooth=options.smoothquant,
-                                   split=options.outlier_split, batch_size=options.calib_batch_size)
+                                   split=options.outlier_split and guard, split_below_db=options.min_sqnr_db or 0.0,
+                                   batch_size=options.calib_batch_size)
             proto = prepared.model
             methods += prepared.reports(smooth=options.smoothquant, split=options.outlier_split)
         tensors = tensors_to_calibrate(proto, nodes)
-        guard = options.min_sqnr_db is not None
         calib = calibrate(proto, data, tensors, method, batch_size=options.calib_batch_size,
                           percentile=options.percentile, histograms=True if guard else None,
                           symmetric=scheme.activation_symmetric)

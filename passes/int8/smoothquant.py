@@ -172,6 +172,12 @@ def output_sqnr_db(x: np.ndarray, w: np.ndarray, scales: np.ndarray, scheme: Int
     return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
 
 
+def input_sqnr_db(x: np.ndarray, scheme: Int8Scheme) -> float:
+    """SQNR (dB) of ``x`` through Q→DQ at its own min/max (the activation alone, no weight)."""
+    noise = float(((x - fake_quant_activation(x, scheme)) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * np.log10(max(float((x ** 2).sum()), 1e-30) / noise)
+
+
 def split_sqnr_db(x: np.ndarray, w: np.ndarray, channels: np.ndarray, scheme: Int8Scheme) -> float:
     """SQNR (dB) against ``X·W`` of the split layer: ``Q(X⊙m)·Q(W⊙m) + X[:, O]·W[O, :]`` (:mod:`.outlier_split`)."""
     inliers_x, inliers_w = x.copy(), w.copy()
@@ -184,10 +190,12 @@ def split_sqnr_db(x: np.ndarray, w: np.ndarray, channels: np.ndarray, scheme: In
 
 
 def smoothquant(model: onnx.ModelProto, data: DataSet, nodes: Iterable[str], scheme: Int8Scheme, *,
-                smooth: bool = True, split: bool = True, batch_size: int = 8, samples: int = SAMPLES,
-                rows: int = ROWS) -> SmoothQuantResult:
-    """``model`` with outlier channels split off (``split``, :mod:`.outlier_split`) and every activation
-    smoothed where it gains and folds exactly (``smooth``; module docstring); ``model`` is not edited."""
+                smooth: bool = True, split: bool = True, split_below_db: float = 22.0, batch_size: int = 8,
+                samples: int = SAMPLES, rows: int = ROWS) -> SmoothQuantResult:
+    """``model`` with outlier channels split off (``split``, :mod:`.outlier_split`) where the activation
+    quantizes below ``split_below_db`` (:func:`input_sqnr_db`; the layers int8 would otherwise keep in
+    float), and every activation smoothed where it gains and folds exactly (``smooth``; module
+    docstring); ``model`` is not edited."""
     from graphopt.passes.int8.outlier_split import outlier_channels, split_outliers
 
     groups = smoothable_groups(model, nodes)
@@ -204,7 +212,8 @@ def smoothquant(model: onnx.ModelProto, data: DataSet, nodes: Iterable[str], sch
             continue
         x, peaks = kept[tensor], absmax[tensor]
         ones = np.ones(x.shape[1], np.float32)
-        channels = outlier_channels(peaks) if split else np.zeros(0, dtype=np.int64)
+        low = split and input_sqnr_db(x, scheme) < split_below_db
+        channels = outlier_channels(peaks) if low else np.zeros(0, dtype=np.int64)
         if len(channels):
             splits += [LayerSqnr(layer.node.name, output_sqnr_db(x, layer.weight, ones, scheme),
                                  split_sqnr_db(x, layer.weight, channels, scheme)) for layer in layers]
