@@ -103,6 +103,22 @@ def test_smoothquant_folds_through_a_reshape_into_gelus_constant():
                                ort_engine.build(model).run(feeds)["y"], rtol=1e-5, atol=1e-5)
 
 
+def test_smoothquant_writes_an_explicit_mul_where_no_fold_is_exact():
+    """``ln1`` is also a graph output (like a post-LN BERT's residual stream): 1/s cannot go into the LayerNorm."""
+    model = ln_ffn_model()
+    model.graph.output.append(helper.make_tensor_value_info("ln1", TensorProto.FLOAT, ["N", 4, D]))
+    scheme = scheme_for(NO_VNNI)
+    result = smoothquant(model, _data(), quantizable_nodes(model, scheme), scheme, split=False)
+    assert {s.tensor: s.folded_into for s in result.smoothed}.get("ln1") == "explicit Mul"
+    muls = [n for n in result.model.graph.node if n.op_type == "Mul" and n.input[0] == "ln1"]
+    assert len(muls) == 1 and {n.input[0] for n in result.model.graph.node if n.name in ("mm_q", "mm_k")} == \
+        {muls[0].output[0]}
+    feeds = {"x": RNG.standard_normal((8, 4, D)).astype(np.float32)}
+    ref, out = ort_engine.build(model).run(feeds), ort_engine.build(result.model).run(feeds)
+    for name in ("y", "ln1"):
+        np.testing.assert_allclose(out[name], ref[name], rtol=1e-5, atol=1e-5)
+
+
 def spiky_model():
     """``z`` → ``mm``: channel 5 carries rare massive values (BERT-FFN-like), the rest ~N(0, 0.15);
     ``x`` (Gaussian) → ``mm_ok``; their sum is the output."""
@@ -180,7 +196,7 @@ def test_attention_matmuls_stay_float_without_vnni_unless_turned_off(target, flo
     assert ("float-attention-matmuls" in methods) == (float_attention and not target.cpu_vnni)
 
 
-def test_flags_turn_every_method_off(tmp_path):
+def test_flags_turn_every_method_off_and_smoothquant_on(tmp_path):
     from click.testing import CliRunner
 
     from graphopt.cli import main
@@ -191,12 +207,18 @@ def test_flags_turn_every_method_off(tmp_path):
     report = tmp_path / "report.json"
     result = CliRunner().invoke(main, ["optimize", str(model_path), "-o", str(tmp_path / "out.onnx"), "--no-simplify",
                                        "--int8", "--calib-data", str(calib_path), "--target", "cpu",
-                                       "--no-smoothquant", "--no-outlier-split", "--no-float-attention",
+                                       "--no-outlier-split", "--no-float-attention",
                                        "--report", str(report), "--no-cache"])
     assert result.exit_code == 0, result.output
     import json
 
     rows = json.loads(report.read_text())["rows"]
-    assert rows[-1]["stats"]["methods"] == []
-    usage = CliRunner().invoke(main, ["optimize", str(model_path), "--no-smoothquant"])
+    assert rows[-1]["stats"]["methods"] == []  # SmoothQuant is opt-in: nothing ran
+    on = CliRunner().invoke(main, ["optimize", str(model_path), "-o", str(tmp_path / "on.onnx"), "--no-simplify",
+                                   "--int8", "--calib-data", str(calib_path), "--target", "cpu", "--smoothquant",
+                                   "--report", str(report), "--no-cache"])
+    assert on.exit_code == 0, on.output
+    methods = {m["method"]: m for m in json.loads(report.read_text())["rows"][-1]["stats"]["methods"]}
+    assert "smoothquant" in methods and methods["smoothquant"]["layers"]
+    usage = CliRunner().invoke(main, ["optimize", str(model_path), "--smoothquant"])
     assert usage.exit_code != 0 and "add --int8" in usage.output

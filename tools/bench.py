@@ -20,6 +20,7 @@ Variants (``VARIANTS``; a later issue adds one with :func:`variant`). A variant 
 * ``graphopt-int8`` — graphopt passes ``simplify, int8``, target cpu, with the model's calib and eval data;
 * ``graphopt-int8-before`` — the same with the methods of issue 12 turned off
   (:data:`GRAPHOPT_INT8_BEFORE_ISSUE12`: SmoothQuant, the outlier split, float attention MatMuls);
+* ``graphopt-int8-smoothquant`` — ``graphopt-int8`` with the opt-in SmoothQuant (``--smoothquant``);
 * ``ort-int8-default`` — ``onnxruntime.quantization.quantize_static(model, out, reader)``, every option at
   its default (QDQ, QInt8 activations and weights, per-tensor, MinMax), on the model as given;
 * ``ort-int8-tuned`` — the fastest accurate settings found by hand for this CPU (x86 with AVX-512 VNNI),
@@ -163,6 +164,12 @@ GRAPHOPT_INT8_BEFORE_ISSUE12 = {"smoothquant": False, "outlier_split": False, "f
 def _graphopt_int8_before(case: Case, out: Path) -> Converted:
     _require_pass("int8")
     return _graphopt(case, out, {"passes": ["simplify", {"int8": GRAPHOPT_INT8_BEFORE_ISSUE12}]})
+
+
+@variant("graphopt-int8-smoothquant", "int8", "graphopt")
+def _graphopt_int8_smoothquant(case: Case, out: Path) -> Converted:
+    _require_pass("int8")
+    return _graphopt(case, out, {"passes": ["simplify", {"int8": {"smoothquant": True}}]})
 
 
 @variant("ort-int8-default", "int8", "onnxruntime")

@@ -3,7 +3,11 @@
 Steps:
 1. refuse models that are already quantized or have no float weights to quantize;
 2. choose the scheme for the target (:mod:`graphopt.passes.int8.scheme`) and the nodes it
-   quantizes (minus ``exclude_nodes`` / ``exclude_op_types``);
+   quantizes (minus ``exclude_nodes`` / ``exclude_op_types``; on a CPU without VNNI minus the
+   activation×activation MatMuls, :mod:`graphopt.passes.int8.attention_float`);
+   then, on the float graph and checked by measured SQNR, split the massive outlier input channels of
+   low-resolution layers off into a small float MatMul (:mod:`graphopt.passes.int8.outlier_split`) and
+   (opt-in) migrate activation outliers into the weights (:mod:`graphopt.passes.int8.smoothquant`); each method is reported under ``stats["methods"]``;
 3. calibrate the tensors those nodes read and write, streaming, one model run per batch
    (:mod:`graphopt.passes.int8.calibration`); warn on fewer than 32 samples or unsettled ranges;
    keep in float the layers whose input would quantize below ``min_sqnr_db`` (heavy-tailed
@@ -88,10 +92,10 @@ class Int8Options:
     keep_best: bool = False
     """Write the best model found even when the accuracy budget is missed (the run still fails)."""
 
-    # --- transformer methods (issue 12, transformer half); each is on by default and reported under
-    # --- the pass's ``methods`` stats
-    smoothquant: bool = True
-    """Migrate activation outliers into the weights before calibrating (:mod:`.smoothquant`)."""
+    # --- transformer methods (issue 12, transformer half), each reported under the pass's ``methods`` stats
+    smoothquant: bool = False
+    """Migrate activation outliers into the weights before calibrating (:mod:`.smoothquant`; off by default:
+    on MiniLM-L6 it buys cosine at a latency cost, see the module docstring)."""
     outlier_split: bool = True
     """Run the few massive input channels of a layer in float, the rest in int8 (:mod:`.outlier_split`), for
     the layers whose input quantizes below ``min_sqnr_db`` (which main kept wholly in float)."""

@@ -15,16 +15,21 @@ scheme's weight bits). Several layers reading the same ``X`` (Q, K, V) share one
 over all their weights) and are judged by the worst of them. An activation is smoothed only when that
 gains at least :data:`MIN_GAIN_DB`.
 
-Where ``X/s`` goes (the fp32 model's outputs are unchanged up to float rounding):
+Where ``X/s`` goes (the fp32 model's outputs are unchanged up to float rounding): into the producer when
+that is exact and only the smoothed layers read ``X`` — a ``LayerNormalization`` (its scale and bias
+divided by ``s``) or a ``Mul`` by a constant (GELU's final ``·0.5`` becomes ``0.5/s``; the outlier split's
+mask), looking up through ``Reshape`` nodes that keep the last axis; otherwise an explicit
+``Mul(X, 1/s)`` in front of the smoothed layers (a post-LN BERT's LayerNorm output is also the residual
+stream, which must keep ``X``).
 
-* into the producer when that is exact and only the smoothed layers read ``X``: a
-  ``LayerNormalization`` (its scale and bias divided by ``s``), or a ``Mul`` by a constant (GELU's
-  final ``·0.5``: the constant becomes ``0.5/s``);
-* otherwise an explicit ``Mul(X, 1/s)`` in front of the smoothed layers (a post-LayerNorm BERT's
-  LayerNorm output is also the residual stream, which must keep ``X``) — one elementwise op.
+**Off by default** (``Int8Options.smoothquant``, ``--smoothquant``), by measurement on MiniLM-L6 (batch 4,
+sequence 64, with the outlier split and float attention MatMuls): smoothing only where it folds exactly
+(two FFN inputs) left the mean cosine of ``last_hidden_state`` where it was (0.9916 → 0.9914); smoothing
+every activation that gains, with 22 explicit ``Mul`` nodes, raises it to ~0.996 but costs latency (the
+README's int8 table) — a trade for users who want accuracy first.
 
-Measured on MiniLM-L6 (output SQNR of the 7-bit-weight CPU scheme, 16 calibration sentences): the FFN
-output layers go from 24–28 dB to 28–33 dB at α ≈ 0.75, every other layer gains 3–8 dB.
+The split and smoothing share one observation run (:data:`SAMPLES` samples: ``max|X_j|`` over every row,
+:data:`ROWS` rows kept for the α search).
 """
 
 from __future__ import annotations
@@ -223,7 +228,7 @@ def smoothquant(model: onnx.ModelProto, data: DataSet, nodes: Iterable[str], sch
             x[:, channels] = 0.0
             peaks = peaks.copy()
             peaks[channels] = 0.0
-        if not smooth or _fold_target(result.graph, tensor, {layer.node.name for layer in layers}) is None:
+        if not smooth:
             continue
         weights = [layer.weight for layer in layers]
         best_alpha, best = 0.0, None
@@ -311,17 +316,28 @@ def _keeps_last_axis(graph: onnx.GraphProto, tensor: str, size: int) -> bool:
 
 
 def _apply(model: onnx.ModelProto, tensor: str, layers: list[_Layer], scales: np.ndarray) -> str:
-    """Multiply the layers' weight rows by ``s`` and fold ``1/s`` into :func:`_fold_target`; its op type."""
+    """Multiply the layers' weight rows by ``s`` and fold ``1/s`` into :func:`_fold_target` (else an explicit
+    ``Mul``); what took the ``1/s``."""
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
-    target = _fold_target(graph, tensor, {layer.node.name for layer in layers})
-    assert target is not None, "the caller checks _fold_target first"
-    producer, index = target
+    smoothed = {layer.node.name for layer in layers}
+    target = _fold_target(graph, tensor, smoothed)
     for layer in layers:
         scaled = layer.weight * scales[:, None]
         node = next(n for n in graph.node if n.name == layer.node.name)
         node.input[1] = _new_initializer(graph, inits, node.input[1] + "_smooth", scaled.T if layer.trans_b else scaled)
     inverse = (1.0 / scales).astype(np.float32)
+    if target is None:  # an explicit Mul(X, 1/s) right after X's producer, read by the smoothed layers only
+        out = _unique(graph, tensor + "_smoothed")
+        position = next((i + 1 for i, n in enumerate(graph.node) if tensor in n.output), 0)
+        graph.node.insert(position, onnx.helper.make_node(
+            "Mul", [tensor, _new_initializer(graph, inits, tensor + "_smooth_inv", inverse)], [out],
+            name=_unique_node(graph, tensor + "_smooth")))
+        for node in graph.node:
+            if node.name in smoothed:
+                node.input[0] = out
+        return "explicit Mul"
+    producer, index = target
     indices = range(1, len(producer.input)) if producer.op_type == "LayerNormalization" else (index,)
     for i in indices:
         if producer.input[i]:
