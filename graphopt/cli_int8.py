@@ -19,11 +19,20 @@ OPTIONS = [
     click.option("--exclude-op-types", metavar="OPS", help="Comma-separated op types int8 keeps in float."),
     click.option("--int8-activations", type=click.Choice(["auto", "uint8", "int8"]), default="auto",
                  show_default=True, help="int8 activation type (auto follows the target)."),
+    click.option("--smoothquant", is_flag=True,
+                 help="int8: migrate activation outliers into the weights (SmoothQuant) before calibrating: "
+                      "more accurate transformers, a little slower."),
+    click.option("--no-outlier-split", is_flag=True,
+                 help="int8: keep low-SQNR layers wholly in float instead of running only their outlier input "
+                      "channels in float."),
+    click.option("--no-float-attention", is_flag=True,
+                 help="int8: quantize activation×activation MatMuls even on a CPU without VNNI (slower there)."),
     click.option("--keep-best", is_flag=True,
                  help="Write the best int8 model found even when --max-accuracy-drop is missed (exit code stays 1)."),
 ]
 
-_INT8_ONLY = ("calib_method", "calib_samples", "calib_random", "exclude_nodes", "exclude_op_types", "keep_best")
+_INT8_ONLY = ("calib_method", "calib_samples", "calib_random", "exclude_nodes", "exclude_op_types", "keep_best",
+              "smoothquant", "no_outlier_split", "no_float_attention")
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -51,4 +60,7 @@ def build_pass(params: dict):
         exclude_op_types=_names(params.get("exclude_op_types")),
         activations=params.get("int8_activations") or "auto",
         keep_best=bool(params.get("keep_best")),
+        smoothquant=bool(params.get("smoothquant")),
+        outlier_split=not params.get("no_outlier_split"),
+        float_attention_matmuls=not params.get("no_float_attention"),
     ))

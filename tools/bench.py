@@ -1,11 +1,11 @@
 """graphopt benchmark: every reference model × every variant, measured side by side in one run.
 
     python tools/bench.py [--models digits-cnn,resnet18-224] [--variants fp32,onnxsim,ort-int8-tuned]
-                          [--runs 20] [--warmup 5] [--threads 2] [--out bench_results/] [--keep-models]
+                          [--runs 20] [--warmup 5] [--threads 2] [--batch 1] [--out bench_results/] [--keep-models]
     python tools/bench.py --list
 
 For each model (``models/registry.py``; on-demand models are built on first use) and each variant it records:
-file size and its ratio to fp32, ONNX Runtime CPU latency at batch 1 with ``--threads`` intra-op threads
+file size and its ratio to fp32, ONNX Runtime CPU latency at batch ``--batch`` (default 1; the first samples of the eval data) with ``--threads`` intra-op threads
 (median of ``--runs`` runs after ``--warmup`` warm-up runs, all variants of a model interleaved round-robin,
 see ``tools/bench_lib.py``) and its ratio to fp32, the model's quality check on its eval data (accuracy with
 labels, or cosine / argmax agreement against the fp32 outputs; NaN when an output is not finite), node count,
@@ -18,10 +18,14 @@ Variants (``VARIANTS``; a later issue adds one with :func:`variant`). A variant 
 * ``fp32`` — the model as given (the baseline of every ratio);
 * ``graphopt-simplify`` / ``onnxsim`` — graphopt's simplify pass, and onnxsim alone;
 * ``graphopt-int8`` — graphopt passes ``simplify, int8``, target cpu, with the model's calib and eval data;
+* ``graphopt-int8-before`` — the same with the methods of issue 12 turned off
+  (:data:`GRAPHOPT_INT8_BEFORE_ISSUE12`: SmoothQuant, the outlier split, float attention MatMuls);
+* ``graphopt-int8-smoothquant`` — ``graphopt-int8`` with the opt-in SmoothQuant (``--smoothquant``);
 * ``ort-int8-default`` — ``onnxruntime.quantization.quantize_static(model, out, reader)``, every option at
   its default (QDQ, QInt8 activations and weights, per-tensor, MinMax), on the model as given;
 * ``ort-int8-tuned`` — the fastest accurate settings found by hand for this CPU (x86 with AVX-512 VNNI),
   see :data:`ORT_TUNED`; its Percentile calibrator gets the first :data:`ORT_HISTOGRAM_CALIB_SAMPLES` samples;
+* ``ort-int8-dynamic`` — ``onnxruntime.quantization.quantize_dynamic(model, out)``, defaults (no calibration);
 * ``occ-fp16`` — onnxconverter-common ``convert_float_to_float16(keep_io_types=True)``;
 * ``occ-fp16-mixed`` — onnxconverter-common ``auto_convert_mixed_precision`` (keep_io_types, rtol 0.01,
   atol 0.001, checked on the first eval samples);
@@ -152,6 +156,22 @@ def _graphopt_int8(case: Case, out: Path) -> Converted:
     return _graphopt(case, out, {"passes": ["simplify", "int8"]})
 
 
+GRAPHOPT_INT8_BEFORE_ISSUE12 = {"smoothquant": False, "outlier_split": False, "float_attention_matmuls": False}
+"""The int8 options that turn off every method issue 12 added (what ``main`` ran before it)."""
+
+
+@variant("graphopt-int8-before", "int8", "graphopt")
+def _graphopt_int8_before(case: Case, out: Path) -> Converted:
+    _require_pass("int8")
+    return _graphopt(case, out, {"passes": ["simplify", {"int8": GRAPHOPT_INT8_BEFORE_ISSUE12}]})
+
+
+@variant("graphopt-int8-smoothquant", "int8", "graphopt")
+def _graphopt_int8_smoothquant(case: Case, out: Path) -> Converted:
+    _require_pass("int8")
+    return _graphopt(case, out, {"passes": ["simplify", {"int8": {"smoothquant": True}}]})
+
+
 @variant("ort-int8-default", "int8", "onnxruntime")
 def _ort_int8_default(case: Case, out: Path) -> Converted:
     from onnxruntime.quantization import quantize_static
@@ -232,6 +252,15 @@ def _ort_int8_tuned(case: Case, out: Path) -> Converted:
     if note:
         details["note"] = note
     return Converted(out, details)
+
+
+@variant("ort-int8-dynamic", "int8", "onnxruntime")
+def _ort_int8_dynamic(case: Case, out: Path) -> Converted:
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(case.model), str(out))
+    return Converted(out, {"options": "quantize_dynamic defaults (QInt8 weights per-tensor, activations quantized "
+                                      "per run: DynamicQuantizeMatMul / MatMulInteger), no pre-processing"})
 
 
 @variant("occ-fp16", "fp16", "onnxconverter-common")
@@ -376,7 +405,7 @@ def load_case(name: str) -> Case:
 
 
 def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, warmup: int,
-                threads: int) -> dict:
+                threads: int, batch: int = 1) -> dict:
     """Convert, evaluate and time every variant of one model; returns its JSON section."""
     from tools.bench_lib import feeds_for
 
@@ -428,7 +457,7 @@ def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, 
         except ValueError as exc:
             rows[name].update(status="error", reason=f"quality: {first_line(exc)}")
 
-    one = evaluation.take(1).inputs
+    one = evaluation.take(batch).inputs
     runners = {}
     for name, engine in engines.items():
         feeds = feeds_for(engine.session, one)
@@ -460,7 +489,7 @@ def _progress(message: str) -> None:
 
 
 def run(model_names: list[str], variant_names: list[str], out: Path, runs: int, warmup: int, threads: int,
-        keep_models: bool) -> dict:
+        keep_models: bool, batch: int = 1) -> dict:
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)
@@ -471,7 +500,7 @@ def run(model_names: list[str], variant_names: list[str], out: Path, runs: int, 
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count()},
             "versions": library_versions(),
-            "runs": runs, "warmup": warmup, "threads": threads, "batch": 1,
+            "runs": runs, "warmup": warmup, "threads": threads, "batch": batch,
             "variants": variant_names,
         },
         "models": {},
@@ -487,10 +516,10 @@ def run(model_names: list[str], variant_names: list[str], out: Path, runs: int, 
         if keep_models:
             workdir = out / "models" / model_name
             workdir.mkdir(parents=True, exist_ok=True)
-            result["models"][model_name] = bench_model(case, variant_names, workdir, runs, warmup, threads)
+            result["models"][model_name] = bench_model(case, variant_names, workdir, runs, warmup, threads, batch)
         else:
             with tempfile.TemporaryDirectory(prefix=f"bench-{model_name}-") as tmp:
-                result["models"][model_name] = bench_model(case, variant_names, Path(tmp), runs, warmup, threads)
+                result["models"][model_name] = bench_model(case, variant_names, Path(tmp), runs, warmup, threads, batch)
     result["meta"]["total_s"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -593,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per variant (median; default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs per variant (default 5)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+    parser.add_argument("--batch", type=int, default=1, help="eval samples per timed run (default 1)")
     parser.add_argument("--out", type=Path, default=Path("bench_results"), help="output folder (default bench_results/)")
     parser.add_argument("--keep-models", action="store_true", help="keep the converted models in <out>/models/")
     parser.add_argument("--list", action="store_true", help="list models and variants, then exit")
@@ -602,14 +632,14 @@ def main(argv: list[str] | None = None) -> int:
         print("models:   " + ", ".join(REFERENCE_MODELS))
         print("variants: " + ", ".join(f"{v.name} ({v.family}, {v.tool})" for v in VARIANTS.values()))
         return 0
-    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
-        parser.error("--runs and --threads must be ≥ 1, --warmup ≥ 0")
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.batch < 1:
+        parser.error("--runs, --threads and --batch must be ≥ 1, --warmup ≥ 0")
     models = _names(args.models, list(REFERENCE_MODELS), "model(s)")
     variants = _names(args.variants, list(VARIANTS), "variant(s)")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.keep_models:
         shutil.rmtree(args.out / "models", ignore_errors=True)
-    result = run(models, variants, args.out, args.runs, args.warmup, args.threads, args.keep_models)
+    result = run(models, variants, args.out, args.runs, args.warmup, args.threads, args.keep_models, args.batch)
     markdown = render_markdown(result)
     _write_atomic(args.out / "bench.json", json.dumps(_json_safe(result), indent=1, allow_nan=False) + "\n")
     _write_atomic(args.out / "bench.md", markdown)

@@ -1,7 +1,8 @@
 """Calibration-based static int8 quantization.
 
 One module per step: :mod:`.scheme` (the Q/DQ layout for the target), :mod:`.calibration` (streaming
-ranges), :mod:`.fallback` (accuracy-aware layers kept in float), :mod:`.trt_check` (TensorRT
+ranges), :mod:`.smoothquant` / :mod:`.outlier_split` / :mod:`.attention_float` (transformer methods run
+before calibrating), :mod:`.fallback` (accuracy-aware layers kept in float), :mod:`.trt_check` (TensorRT
 deployability), and :mod:`.quantize`, the pass that runs them in order.
 """
 

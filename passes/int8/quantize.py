@@ -3,7 +3,11 @@
 Steps:
 1. refuse models that are already quantized or have no float weights to quantize;
 2. choose the scheme for the target (:mod:`graphopt.passes.int8.scheme`) and the nodes it
-   quantizes (minus ``exclude_nodes`` / ``exclude_op_types``);
+   quantizes (minus ``exclude_nodes`` / ``exclude_op_types``; on a CPU without VNNI minus the
+   activation×activation MatMuls, :mod:`graphopt.passes.int8.attention_float`);
+   then, on the float graph and checked by measured SQNR, split the massive outlier input channels of
+   low-resolution layers off into a small float MatMul (:mod:`graphopt.passes.int8.outlier_split`) and
+   (opt-in) migrate activation outliers into the weights (:mod:`graphopt.passes.int8.smoothquant`); each method is reported under ``stats["methods"]``;
 3. calibrate the tensors those nodes read and write, streaming, one model run per batch
    (:mod:`graphopt.passes.int8.calibration`); warn on fewer than 32 samples or unsettled ranges;
    keep in float the layers whose input would quantize below ``min_sqnr_db`` (heavy-tailed
@@ -37,6 +41,7 @@ from graphopt.console import stderr
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PreconditionFailed
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
+from graphopt.passes.int8 import attention_float
 from graphopt.passes.int8.calibration import MIN_SAMPLES, CalibMethod, calibrate
 from graphopt.passes.int8.fallback import Evaluator, batch1_latency_ms, edits_of, run_fallback
 from graphopt.passes.int8.scheme import (
@@ -51,6 +56,7 @@ from graphopt.passes.int8.scheme import (
     scheme_for,
     tensors_to_calibrate,
 )
+from graphopt.passes.int8.smoothquant import smoothquant
 from graphopt.passes.int8.trt_check import check_trt_qdq
 
 
@@ -85,6 +91,16 @@ class Int8Options:
     """At most this many layers moved back to float by the fallback (``None`` = no limit)."""
     keep_best: bool = False
     """Write the best model found even when the accuracy budget is missed (the run still fails)."""
+
+    # --- transformer methods (issue 12, transformer half), each reported under the pass's ``methods`` stats
+    smoothquant: bool = False
+    """Migrate activation outliers into the weights before calibrating (:mod:`.smoothquant`; off by default:
+    on MiniLM-L6 it buys cosine at a latency cost, see the module docstring)."""
+    outlier_split: bool = True
+    """Run the few massive input channels of a layer in float, the rest in int8 (:mod:`.outlier_split`), for
+    the layers whose input quantizes below ``min_sqnr_db`` (which main kept wholly in float)."""
+    float_attention_matmuls: bool = True
+    """On a CPU without VNNI keep activation×activation MatMuls in float (:mod:`.attention_float`)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.percentile <= 100:
@@ -133,8 +149,20 @@ class Int8Pass(GraphoptPass):
             raise PreconditionFailed("nothing left to quantize: every weighted layer is excluded")
         notes: list[str] = []
         data = self._calibration_data(model)
-        tensors = tensors_to_calibrate(proto, nodes)
+        methods: list[dict] = []
         guard = options.min_sqnr_db is not None
+        if options.float_attention_matmuls and attention_float.applies(scheme):
+            act_act = attention_float.activation_matmuls(proto, nodes)
+            if act_act:
+                nodes = quantizable_nodes(proto, scheme, (*options.exclude_nodes, *act_act), options.exclude_op_types)
+            methods.append(attention_float.report(act_act))
+        if options.smoothquant or options.outlier_split:  # issue 12: before calibrating the rewritten graph
+            prepared = smoothquant(proto, data, nodes, scheme, smooth=options.smoothquant,
+                                   split=options.outlier_split and guard, split_below_db=options.min_sqnr_db or 0.0,
+                                   batch_size=options.calib_batch_size)
+            proto = prepared.model
+            methods += prepared.reports(smooth=options.smoothquant, split=options.outlier_split)
+        tensors = tensors_to_calibrate(proto, nodes)
         calib = calibrate(proto, data, tensors, method, batch_size=options.calib_batch_size,
                           percentile=options.percentile, histograms=True if guard else None,
                           symmetric=scheme.activation_symmetric)
@@ -163,7 +191,8 @@ class Int8Pass(GraphoptPass):
         float_layers: tuple[str, ...] = ()
         stats: dict = {"scheme": f"{scheme.target}: {scheme.describe()}", "calib_method": method,
                        "calib_samples": calib.samples, "calib_settle": calib.settle.describe(),
-                       "layers_in_float_low_sqnr": {name: round(db, 1) for name, db in low_sqnr.items()}}
+                       "layers_in_float_low_sqnr": {name: round(db, 1) for name, db in low_sqnr.items()},
+                       "methods": methods}
         if options.fallback and context.eval is not None and context.max_accuracy_drop is not None:
             evaluator = Evaluator(proto, context.eval, metric=context.metric)
             weighted = [n.name for n in proto.graph.node if n.name in set(nodes) and n.op_type in WEIGHTED_OPS]
