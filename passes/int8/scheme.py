@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 
 from graphopt import large
+from graphopt.inspection import is_quant_op
 from graphopt.target import Target
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -51,10 +52,6 @@ lookup (:func:`keep_int8_flow`). A lookup of an 8-bit table adds only the table'
 measured on MiniLM-L6: the 30522×384 word-embedding table in 8 bits takes the file from 64 to 29 MB
 (0.71 → 0.32 of fp32) for a mean cosine 0.99254 → 0.99215, no slower. Smaller tables (its position
 and token-type embeddings, 0.8 MB and 3 KB) save nothing worth their rounding (0.99119 with them)."""
-QUANTIZED_DOMAINS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-                     "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
-
-
 @dataclasses.dataclass(frozen=True)
 class Int8Scheme:
     """Everything target-dependent about how a model is quantized."""
@@ -103,8 +100,9 @@ def scheme_for(target: Target, *, activations: str = "auto", per_channel: bool =
 
 
 def is_quantized(model: onnx.ModelProto) -> list[str]:
-    """Op types showing the model is already quantized (empty when it is not)."""
-    found = {n.op_type for n in model.graph.node if n.op_type in QUANTIZED_DOMAINS or n.op_type.startswith("QLinear")}
+    """Op types showing the model is already quantized (empty when it is not); the one rule
+    :func:`graphopt.inspection.is_quant_op` that ``inspect`` and the pruning pass use too."""
+    found = {n.op_type for n in model.graph.node if is_quant_op(n.op_type)}
     return sorted(found)
 
 
