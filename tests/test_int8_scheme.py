@@ -6,7 +6,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.passes.int8.scheme import quantizable_nodes, quantize_qdq, scheme_for, tensors_to_calibrate
+from graphopt.inspection import is_quant_op
+from graphopt.passes.int8.scheme import (
+    is_quantized,
+    quantizable_nodes,
+    quantize_qdq,
+    scheme_for,
+    tensors_to_calibrate,
+)
 from graphopt.passes.int8.trt_check import check_trt_qdq
 from graphopt.target import Target
 
@@ -133,3 +140,19 @@ def test_trt_check_wants_per_channel_only_on_weights_with_the_output_channel_axi
     float_weight.graph.initializer.append(numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w_float"))
     conv.input[1] = "w_float"
     assert any("float weight" in p for p in check_trt_qdq(float_weight))
+
+
+def test_already_quantized_uses_inspects_rule():
+    """int8 calls a model quantized exactly when inspect does: contrib ops (MatMulNBits, QGemm) included."""
+    def graph_with(op: str, domain: str = "") -> onnx.ModelProto:
+        node = helper.make_node(op, ["x", "w"], ["y"], name="n", domain=domain)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        return helper.make_model(graph)
+
+    for op, domain in [("MatMulNBits", "com.microsoft"), ("QGemm", "com.microsoft"), ("MatMulInteger", ""),
+                       ("QLinearConv", ""), ("DequantizeLinear", "")]:
+        assert is_quant_op(op)
+        assert is_quantized(graph_with(op, domain)) == [op]
+    assert is_quantized(graph_with("MatMul")) == []
+    assert is_quantized(graph_with("Gemm")) == []
