@@ -305,3 +305,16 @@ def test_every_layer_in_float_gives_back_the_float_model_with_float_readers_of_c
     producers = {o: n.op_type for n in only_conv2.graph.node for o in n.output}
     conv2 = next(n for n in only_conv2.graph.node if n.name == "conv2")
     assert producers[conv2.input[0]] == "DequantizeLinear" and producers[conv2.input[1]] == "DequantizeLinear"
+
+
+def test_batch1_latency_times_every_model_side_by_side():
+    """One finite median per model, from the profiler's interleaved rounds (graphopt.profiling.timing)."""
+    import pathlib
+
+    from graphopt.data import load_data
+    from graphopt.passes.int8.fallback import batch1_latency_ms
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "models"
+    model = onnx.load(str(root / "digits_cnn.onnx"))
+    times = batch1_latency_ms([model, model, model], load_data(root / "digits_cnn_eval.npz"), threads=1, runs=5)
+    assert len(times) == 3 and all(0 < t < 1e4 for t in times)

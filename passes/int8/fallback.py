@@ -29,7 +29,7 @@ held; the caller decides whether it may be written.
 from __future__ import annotations
 
 import dataclasses
-import statistics
+import functools
 import time
 from collections.abc import Callable, Collection, Sequence
 
@@ -46,6 +46,8 @@ from graphopt.passes.int8.scheme import (
     graph_links,
     keep_int8_flow,
 )
+from graphopt.profiling.stats import median_ms
+from graphopt.profiling.timing import interleaved_timings
 from graphopt.verify import Comparison, MetricChoice, compare_outputs
 
 Quantize = Callable[[Sequence[str]], onnx.ModelProto]
@@ -110,21 +112,14 @@ class Evaluator:
 def batch1_latency_ms(models: Sequence[onnx.ModelProto], data: DataSet, *, threads: int = 2,
                       runs: int = 15) -> list[float]:
     """Median latency of one sample for each model (``threads`` intra-op threads), measured side by
-    side: two warm-up runs each, then ``runs`` rounds in which every model runs once, so that the
-    machine's drift hits all of them alike (one model at a time, steps of the same model were seen
-    to differ by 2× on a shared 2-core VM)."""
+    side with the profiler's interleaved rounds (:mod:`graphopt.profiling.timing`: two warm-up runs
+    each, then ``runs`` rounds in a rotating order), so that the machine's drift hits all of them alike
+    (one model at a time, steps of the same model were seen to differ by 2× on a shared 2-core VM)."""
     sessions = [ort_engine.build(model, threads=threads, spinning=False).session for model in models]
     feeds = next(iter(data.take(1).batches(1)))
-    for session in sessions:
-        for _ in range(2):
-            session.run(None, feeds)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(runs):
-        for session, spent in zip(sessions, times):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            spent.append(1000 * (time.perf_counter() - start))
-    return [statistics.median(spent) for spent in times]
+    runners = {str(i): functools.partial(session.run, None, feeds) for i, session in enumerate(sessions)}
+    timings = interleaved_timings(runners, warmup=2, iterations=runs)
+    return [median_ms(timings.seconds[str(i)]) for i in range(len(sessions))]
 
 
 # -- candidates by graph edits ----------------------------------------------------------------
