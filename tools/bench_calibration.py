@@ -20,6 +20,7 @@ top-1 (or accuracy with labels) against fp32 on the eval data.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -34,6 +35,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from graphopt.profiling.stats import median_ms  # noqa: E402 (after the path insert)
+from graphopt.profiling.timing import interleaved_timings  # noqa: E402
 
 THREADS = 2
 CALIB_BATCH = 8
@@ -214,17 +218,10 @@ def run_latency(args) -> None:
         quality = {name: compare_outputs(reference, _outputs(s, evaluation), evaluation.labels) for name, s in
                    sessions.items()}
         feeds = {k: v[:1] for k, v in evaluation.inputs.items()}
-        times: dict[str, list[float]] = {name: [] for name in sessions}
-        for session in sessions.values():
-            for _ in range(3):
-                session.run(None, feeds)
-        for _ in range(args.runs):
-            for name, session in sessions.items():
-                start = time.perf_counter()
-                session.run(None, feeds)
-                times[name].append(1000 * (time.perf_counter() - start))
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    print(f"\n{args.model}: batch 1, {THREADS} threads, median of {args.runs} round-robin runs")
+        runners = {name: functools.partial(session.run, None, feeds) for name, session in sessions.items()}
+        timings = interleaved_timings(runners, warmup=3, iterations=args.runs)
+    medians = {name: median_ms(t) for name, t in timings.seconds.items()}
+    print(f"\n{args.model}: batch 1, {THREADS} threads, median of {args.runs} interleaved rounds (rotating order)")
     print(f"{'variant':<26}{'ms':>8}{'/ fp32':>8}{'/ best ORT':>11}  quality vs fp32")
     best_ort = min(v for k, v in medians.items() if k.startswith("ORT"))
     for name, ms in medians.items():
