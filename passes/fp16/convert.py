@@ -2,7 +2,7 @@
 
 Steps:
 
-1. **Prepare** a copy: opset < 13 upgraded, initializers removed from the graph inputs (old
+1. **Prepare** a copy: opset < 6 (bf16: < 13) upgraded (:mod:`graphopt.opset_upgrade`), initializers removed from the graph inputs (old
    exporters), ``Constant`` weights lifted to initializers, every node given a unique name.
 2. **Decide what stays fp32** (:mod:`graphopt.passes.fp16.blocklist`): required ops (int8 Q/DQ
    among them, so ``--int8 --fp16`` keeps int8 where quantized), user ``block_ops``/``block_nodes``,
@@ -43,7 +43,8 @@ from graphopt import large
 from graphopt.console import WarningLog, captured_warnings
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PassFailedError, PreconditionFailed, QualityGateError
-from graphopt.model_io import DEFAULT_OPSET, normalize_model, opset_version, upgrade_opset
+from graphopt.model_io import normalize_model
+from graphopt.opset_upgrade import prepare_for_pass
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
 from graphopt.passes.fp16 import blocklist, typecheck, verify
 
@@ -87,7 +88,14 @@ class Fp16Pass(GraphoptPass):
     name = "fp16"
     Options = Fp16Options
     uses_data = frozenset({"calib", "eval"})
-    min_opset = 13
+    min_opset = 6
+    """fp16 is in the op schemas from opset 6 (the type check keeps a node without it in fp32); bf16 from 13."""
+    lowest_opset = 6
+
+    def __init__(self, options: Fp16Options | None = None) -> None:
+        super().__init__(options)
+        if self.options.precision == "bf16":
+            self.min_opset = self.lowest_opset = 13
 
     @property
     def low(self) -> int:
@@ -162,11 +170,9 @@ class Fp16Pass(GraphoptPass):
     # -- preparation -------------------------------------------------------------------------
 
     def _prepare(self, model: ir.Model, notes: list[str]) -> onnx.ModelProto:
-        working = model.clone()
-        if opset_version(working) < 13:
-            old = opset_version(working)
-            working = upgrade_opset(working, DEFAULT_OPSET)
-            notes.append(f"opset upgraded {old} → {DEFAULT_OPSET} for {self.label} kernels")
+        prepared = prepare_for_pass(model, self)  # a no-op after the manager's own (called directly: not)
+        notes += prepared.notes
+        working = prepared.model.clone()
         normalize_model(working)  # initializers out of the inputs, Constant weights lifted
         ir_common.NameFixPass()(working)
         return large.to_proto(working)
