@@ -82,6 +82,12 @@ class _Attempt:
     fixes: dict[str, int]
 
 
+SEQUENCE_OPS = frozenset({"SequenceConstruct", "SequenceInsert", "SequenceAt", "SequenceErase", "SequenceLength",
+                          "SequenceEmpty", "SplitToSequence", "ConcatFromSequence", "SequenceMap"})
+"""Ops on sequence values: onnxruntime's float16 converter retypes a sequence's tensors inconsistently (the
+result does not load), so a model with them is refused."""
+
+
 class Fp16Pass(GraphoptPass):
     """Float32 → fp16 / bf16 with fp32 islands where needed, type-checked and numerically self-checked."""
 
@@ -109,7 +115,12 @@ class Fp16Pass(GraphoptPass):
         if self.options.precision == "bf16" and not self.options.keep_io_types:
             raise PreconditionFailed("bf16 graph inputs/outputs cannot be fed from numpy here; "
                                      "keep the I/O types (drop --fp16-io) with --bf16")
-        types = typecheck.elem_types(large.to_proto(model))
+        proto = large.to_proto(model)
+        sequence = next((n for g in typecheck.iter_graphs(proto.graph) for n in g.node if n.op_type in SEQUENCE_OPS), None)
+        if sequence is not None:
+            raise PreconditionFailed(f"{self.label} cannot convert models with sequence values: node "
+                                     f"'{sequence.name or sequence.output[0]}' ({sequence.op_type}); drop --{self.label}")
+        types = typecheck.elem_types(proto)
         if not any(t in typecheck.FLOAT_TYPES for t in types.values()):
             raise PreconditionFailed(f"model has no float tensors (weights or activations) to convert to "
                                      f"{self.label}; drop --{self.label}")
@@ -188,6 +199,8 @@ class Fp16Pass(GraphoptPass):
                              f"see `graphopt inspect` for node names")
         for name in blocklist.op_nodes(proto, blocklist.REQUIRED_FP32_OPS):
             reasons[name] = "required"
+        for name in blocklist.rounding_cone(proto):
+            reasons.setdefault(name, "feeds a rounding op")
         for name in blocklist.op_nodes(proto, set(opts.block_ops)):
             reasons[name] = "user op"
         for name in opts.block_nodes:
