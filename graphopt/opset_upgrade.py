@@ -19,6 +19,8 @@ ops at its own opset (``BatchNormalization`` 6, for one): :func:`prepare_for_pas
 * unused trailing outputs of ``BatchNormalization`` / ``Dropout`` and empty trailing optional inputs are
   removed.
 
+A model with no ``ai.onnx`` op at all (``ai.onnx.ml`` only) only gets the newer import.
+
 **When it still fails.** The blocking node is found by converting the model node by node
 (:func:`blocking_node`). A pass that can run at the model's own opset (``lowest_opset``: int8 from
 opset 10 with per-tensor weights, fp16 from 6) then runs there, with a note; otherwise the run is refused
@@ -293,6 +295,11 @@ def upgrade(model: ir.Model, target: int = DEFAULT_OPSET, need: int | None = Non
     Raises :class:`UpgradeError` naming the blocking node when neither works.
     """
     old = opset_version(model)
+    if not any(node.domain in ("", "ai.onnx") for node in ir.traversal.RecursiveGraphIterator(model.graph)):
+        result = model.clone()  # no ai.onnx op to convert (an ai.onnx.ml model): only the import changes
+        result.opset_imports[""] = target
+        settle_ir_version(result)
+        return Upgrade(result, [f"opset import {old} → {target} (the model has no ai.onnx op to convert)"], True)
     proto = large.to_proto(model)
     notes: list[str] = []
     repaired = onnx.ModelProto()

@@ -336,8 +336,8 @@ def run_one(entry: Entry, pass_name: str) -> Run:
         inputs, _ = _read_data(Path(entry.folder), original)
         data_path = work / "inputs.npz"
         np.savez(data_path, **inputs)
-        args = ["optimize", str(model_path), "-o", str(out), "--no-cache", "--eval-data", str(data_path),
-                *PASS_ARGS[pass_name]]
+        data_args = ["--eval-data", str(data_path)] if inputs else []  # a model without inputs: none to give
+        args = ["optimize", str(model_path), "-o", str(out), "--no-cache", *data_args, *PASS_ARGS[pass_name]]
         env = {"GRAPHOPT_LATENCY_BUDGET": "0", "COLUMNS": "160"}
         result = CliRunner().invoke(main, args, env=env, catch_exceptions=True)
         stderr = result.stderr
