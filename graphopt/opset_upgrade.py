@@ -236,8 +236,12 @@ def _converter_message(exc: BaseException) -> str:
     """The converter's reason without its C++ source location and assertion text."""
     text = first_line(exc)
     text = re.sub(r"^\S+\.(h|cc|cpp):\d+: (\w+: )?", "", text)
-    text = re.sub(r"^.*?Assertion `.*?` failed: ", "", text)
-    return text.strip()
+    text = re.sub(r"^.*?Assertion `.*?` failed: ", "", text).strip()
+    symbolic = re.match(r"(\S+) Dimension is a param instead of an int", text)
+    if symbolic:  # the opset-6 broadcast adapters need every dim as a number
+        return (f"the converter needs static shapes here, but dim '{symbolic.group(1)}' is symbolic; "
+                "export the model with static shapes or at a newer opset")
+    return text
 
 
 def convert(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:
