@@ -6,9 +6,9 @@ Four sources, each reported separately:
    (quantization scales of ``QuantizeLinear``/``DequantizeLinear`` so int8 QDQ stays exactly as
    the int8 pass wrote it; Resize-era ``Upsample``), ops whose fp16 result is wrong by
    construction (``Range``/``CumSum`` accumulate past fp16's 11-bit integer range) and ops
-   without fp16 support (ai.onnx.ml, ``NonMaxSuppression``, ``RoiAlign``, random generators), ``BitCast``
-   (reinterprets bits) and ``MeanVarianceNormalization`` (its function body's constants are fp32). With
-   them, the nodes that feed a rounding op (:func:`rounding_cone`: fp16 error moves whole steps).
+   without fp16 support (ai.onnx.ml, ``NonMaxSuppression``, ``RoiAlign``, random generators), and
+   ``BitCast`` (reinterprets bits). With them, the nodes that feed a rounding op (:func:`rounding_cone`:
+   an fp16 error before it moves the result a whole step).
 2. **Data** (:func:`overflow_nodes`): with calibration or evaluation data the fp32 model runs once
    (streaming, :func:`graphopt.calibration.collect_ranges`) and every node with an input, output
    or weight whose max |x| exceeds ``65504 / safety_margin`` stays fp32. The margin covers inputs
@@ -54,8 +54,6 @@ REQUIRED_FP32_OPS: frozenset[str] = frozenset({
     "ZipMap",
     # BitCast reinterprets its input's bits: their width is the meaning
     "BitCast",
-    # a function op whose body onnx type-infers with fp32 constants (MeanVarianceNormalization)
-    "MeanVarianceNormalization",
 })
 
 DEFAULT_OVERFLOW_OPS: frozenset[str] = frozenset({
