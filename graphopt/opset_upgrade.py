@@ -97,7 +97,7 @@ def settle_ir_version(model: ir.Model | onnx.ModelProto) -> str | None:
 
 
 def repair_legacy(proto: onnx.ModelProto) -> list[str]:
-    """Repair, in place, what onnx's version converter trips on (module docstring); the notes.
+    """Repair, in place, what onnx's version converter trips on (module docstring) in the main graph; the notes.
 
     Raises :class:`UpgradeError` for what cannot be repaired (a training-mode BatchNormalization).
     """
@@ -244,25 +244,13 @@ def _converter_message(exc: BaseException) -> str:
     return text
 
 
-def convert(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:
-    """onnx's version converter after :func:`repair_legacy` on a copy; raises the converter's error."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    repair_legacy(copy)
-    converted = onnx.version_converter.convert_version(copy, target)
-    settle_ir_version(converted)
-    return converted
-
-
 def blocking_node(proto: onnx.ModelProto, target: int) -> tuple[onnx.NodeProto, str] | None:
     """The first node (in graph order) that onnx's version converter cannot take to ``target`` on its own,
-    with the converter's reason; ``None`` when every node converts alone."""
+    with the converter's reason; ``None`` when every node converts alone. Main-graph nodes, after
+    :func:`repair_legacy`; each is converted as a one-node model typed by shape inference."""
     repaired = onnx.ModelProto()
     repaired.CopyFrom(proto)
-    try:
-        repair_legacy(repaired)
-    except UpgradeError:
-        raise
+    repair_legacy(repaired)
     try:
         inferred = onnx.shape_inference.infer_shapes(repaired)
     except Exception:

@@ -2,19 +2,19 @@
 run through ``graphopt optimize`` as a user would, and judged.
 
     python tools/corpus.py [--jobs 2] [--passes simplify,fp16,int8] [--only REGEX] [--fast] [--json PATH]
-                           [--timeout 120] [--show-failures 40]
+                           [--timeout 180] [--show-failures 60] [--probe-inputs]
 
 **Corpus.** The ONNX package's single-operator models (``onnx/backend/test/data/node/*/model.onnx`` with
 ``test_data_set_0``'s inputs and expected outputs), and the other model folders it ships with test data
-(:data:`SHIPPED_GROUPS`: old PyTorch exports at opset 6 / IR 3, small multi-node models). Wheels that do not ship that folder still ship the test
-cases that generate it (``onnx.backend.test.case.node``): they are written once, the way onnx's own
+(:data:`SHIPPED_GROUPS`: old PyTorch exports at opset 6 / IR 3, small multi-node models). Wheels that do not
+ship the node folder still ship the test cases that generate it (``onnx.backend.test.case.node``): they are written once, the way onnx's own
 ``backend-test-tools generate-data`` writes them, into ``$GRAPHOPT_CORPUS_DIR`` (default
 ``~/.cache/graphopt/corpus/onnx-<version>``). A model is *float* when all its inputs and outputs are tensors
 and one of them is float32. The committed registry models (``models/registry.py``) join with their first eval
 samples as inputs and onnxruntime's outputs on the original as expected outputs.
 
 **Runs.** For each model, as a user would (``--no-cache``, the test inputs as ``--eval-data``, an ``.npz`` with
-the arrays as they are):
+the arrays as they are; ``--probe-inputs``: no data, as a user who has none):
 
 * ``simplify`` — ``graphopt optimize M -o OUT --target cpu``;
 * ``fp16`` — ``graphopt optimize M -o OUT --fp16 --target cuda`` (the written model is checked with the fp16
@@ -325,8 +325,9 @@ def _first(exc: BaseException | str) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def run_one(entry: Entry, pass_name: str) -> Run:
-    """Run ``graphopt optimize`` on ``entry`` for ``pass_name`` in this process and judge it."""
+def run_one(entry: Entry, pass_name: str, eval_data: bool = True) -> Run:
+    """Run ``graphopt optimize`` on ``entry`` for ``pass_name`` in this process and judge it; without
+    ``eval_data`` graphopt compares on its own probe inputs (as for a user who has no data)."""
     started = time.perf_counter()
     problem = original_problem(entry)
     if problem:
@@ -345,7 +346,7 @@ def run_one(entry: Entry, pass_name: str) -> Run:
         inputs, _ = _read_data(Path(entry.folder), original)
         data_path = work / "inputs.npz"
         np.savez(data_path, **inputs)
-        data_args = ["--eval-data", str(data_path)] if inputs else []  # a model without inputs: none to give
+        data_args = ["--eval-data", str(data_path)] if inputs and eval_data else []  # no inputs: none to give
         args = ["optimize", str(model_path), "-o", str(out), "--no-cache", *data_args, *PASS_ARGS[pass_name]]
         env = {"GRAPHOPT_LATENCY_BUDGET": "0", "COLUMNS": "160"}
         result = CliRunner().invoke(main, args, env=env, catch_exceptions=True)
@@ -429,10 +430,10 @@ def worker_main() -> None:
     os.dup2(devnull, 2)  # onnxruntime's native log lines
     sys.path.insert(0, str(ROOT))
     for line in sys.stdin:
-        entry_dict, pass_name = json.loads(line)
+        entry_dict, pass_name, eval_data = json.loads(line)
         entry = Entry(**entry_dict)
         try:
-            run = run_one(entry, pass_name)
+            run = run_one(entry, pass_name, eval_data)
         except BaseException as exc:  # a failure of the harness around the CLI, reported as such
             run = Run(entry.name, pass_name, "FAILURE", "harness error", detail={"why": f"{type(exc).__name__}: {_first(exc)}"})
         channel.write(json.dumps(asdict(run)) + "\n")
@@ -447,11 +448,11 @@ class Worker:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         text=True, bufsize=1, env=env)
 
-    def run(self, entry: Entry, pass_name: str, timeout: float) -> Run:
+    def run(self, entry: Entry, pass_name: str, timeout: float, eval_data: bool = True) -> Run:
         started = time.perf_counter()
         answer: list[str] = []
         try:
-            self.process.stdin.write(json.dumps([asdict(entry), pass_name]) + "\n")
+            self.process.stdin.write(json.dumps([asdict(entry), pass_name, eval_data]) + "\n")
             self.process.stdin.flush()
         except BrokenPipeError:
             pass
@@ -474,7 +475,8 @@ class Worker:
         return self.process.poll() is None
 
 
-def run_all(entries: list[Entry], passes: list[str], jobs: int, timeout: float, progress: bool = True) -> list[Run]:
+def run_all(entries: list[Entry], passes: list[str], jobs: int, timeout: float, progress: bool = True,
+            eval_data: bool = True) -> list[Run]:
     tasks = collections.deque((e, p) for e in entries for p in passes)
     total, runs, lock = len(tasks), [], threading.Lock()
 
@@ -487,7 +489,7 @@ def run_all(entries: list[Entry], passes: list[str], jobs: int, timeout: float, 
                 entry, pass_name = tasks.popleft()
             if not worker.alive:
                 worker = Worker()
-            run = worker.run(entry, pass_name, timeout)
+            run = worker.run(entry, pass_name, timeout, eval_data)
             with lock:
                 runs.append(run)
                 if progress:
@@ -565,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="Write every run and the summary here.")
     parser.add_argument("--timeout", type=float, default=180.0, help="Seconds one run may take.")
     parser.add_argument("--show-failures", type=int, default=60)
+    parser.add_argument("--probe-inputs", action="store_true",
+                        help="Give no --eval-data: graphopt compares on its own probe inputs (the written model is "
+                             "still judged on the test inputs).")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -577,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     entries = load_entries(args.fast, args.only)
     print(f"{len(entries)} float models × {len(passes)} passes, {args.jobs} jobs", file=sys.stderr)
     started = time.perf_counter()
-    runs = run_all(entries, passes, args.jobs, args.timeout)
+    runs = run_all(entries, passes, args.jobs, args.timeout, eval_data=not args.probe_inputs)
     summary = summarize(runs, passes)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     print(render(summary, args.show_failures))
