@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch CPU 2.13.0 lies on local disk for this machine; a plain `torch` would download a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test lint install install-dev bench-deps bench clean
+.PHONY: demo test lint install install-dev bench-deps bench corpus clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: install-dev
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev,distill]"
 	$(BIN)/python -m pytest -q
+
+## make corpus: every float model of onnx's test data and the committed registry models through simplify,
+## --fp16 and --int8 (tools/corpus.py; a few minutes); the fast subset runs in `make test`.
+corpus: install-dev
+	$(BIN)/python tools/corpus.py --jobs 2 --json corpus.json
 
 lint: install-dev
 	$(BIN)/ruff check graphopt passes tests tools models

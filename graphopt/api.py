@@ -168,7 +168,7 @@ def optimize(
     if result.comparison_data is not None and result.comparison_data.synthetic:
         notes.append("outputs compared on generated probe inputs; give --eval-data for real accuracy")
 
-    latency = _latency(source_model, result.model, resolved, latency_budget, evaluation)
+    latency = _latency(context.source or source_model, result.model, resolved, latency_budget, evaluation)
 
     reference_metrics = None
     if comparison is not None:

@@ -84,13 +84,15 @@ def with_outputs(model: ir.Model | onnx.ModelProto, tensor_names: Sequence[str])
     inferred = onnx.shape_inference.infer_shapes(proto)
     infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.input)}
     existing = {o.name for o in proto.graph.output}
+    inputs = {i.name for i in proto.graph.input}
     for name in tensor_names:
         if name in existing:
             continue
         if name in infos:
             info = onnx.ValueInfoProto()
             info.CopyFrom(infos[name])
-            info.type.tensor_type.ClearField("shape")  # shapes may be symbolic; types are what ORT needs
+            if name not in inputs:  # a graph input keeps its declared shape (its batch axis decides the feeds)
+                info.type.tensor_type.ClearField("shape")  # shapes may be symbolic; types are what ORT needs
         else:
             info = onnx.ValueInfoProto(name=name)
         proto.graph.output.append(info)

@@ -138,6 +138,9 @@ class DataSet:
     source: str = "<memory>"
     synthetic: bool = False
     stacked: bool = False
+    fixed_batch: int | None = None
+    """Rows per feed the model takes exactly (its inputs' static leading dim), once matched to it:
+    :meth:`take` keeps whole feeds."""
 
     def __post_init__(self) -> None:
         if self.stacked:
@@ -171,10 +174,13 @@ class DataSet:
         return {name: array[start : start + batch_size] for name, array in self.inputs.items()}
 
     def take(self, count: int) -> DataSet:
-        """The first ``count`` samples (all of them when fewer)."""
+        """The first ``count`` samples (all of them when fewer), rounded up to whole feeds of a model with
+        a fixed batch (a model that takes exactly 4 rows gets 4, not 2)."""
+        if self.fixed_batch and not self.stacked:
+            count = -(-count // self.fixed_batch) * self.fixed_batch
         labels = None if self.labels is None else self.labels[:count]
         return DataSet({k: v[:count] for k, v in self.inputs.items()}, labels, self.source, self.synthetic,
-                       self.stacked)
+                       self.stacked, self.fixed_batch)
 
     def join(self, parts: Sequence[np.ndarray]) -> np.ndarray:
         """One output from its per-feed ``parts``: concatenated along the batch axis, or stacked along a
@@ -255,6 +261,8 @@ class DataSet:
                              f"{axis.size} at a time (its inputs' leading dim); give a multiple of {axis.size}")
         if data.labels is not None and data.labels.dtype.kind not in "iu":
             raise InputError(f"{role} data {self.source}: 'labels' must be integers, got {data.labels.dtype}")
+        if axis.kind == "fixed" and axis.size and not data.stacked:
+            data = dataclasses.replace(data, fixed_batch=axis.size)
         return data
 
     def _laid_out(self, specs: Sequence[InputSpec], axis: BatchAxis, role: str) -> DataSet:
@@ -408,4 +416,5 @@ def probe_data(specs: Sequence[InputSpec], count: int = 8, seed: int = 0,
         else:
             raise InputError(f"cannot generate probe data for input '{spec.name}' of dtype {spec.dtype}")
         inputs[spec.name] = array
-    return DataSet(inputs, None, source="<probe inputs>", synthetic=True, stacked=axis.stacked)
+    fixed = axis.size if axis.kind == "fixed" and axis.size else None
+    return DataSet(inputs, None, source="<probe inputs>", synthetic=True, stacked=axis.stacked, fixed_batch=fixed)

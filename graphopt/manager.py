@@ -5,6 +5,9 @@ After every pass it
 2. compares outputs with the reference (original) model on the evaluation data, or on generated
    probe inputs when none were given (see :mod:`graphopt.verify` for the metrics);
 3. rolls back a ``lossless`` pass whose outputs differ or whose model does not validate;
+   (before a pass that needs a newer opset the model is upgraded, and a model onnxruntime cannot run at
+   its own opset is upgraded once before the first pass: :mod:`graphopt.opset_upgrade`; every result
+   gets the IR version its contents need);
 4. records a report row, and caches the result by content hash.
 
 Impossible orders (a pass listed after one it ``refuses_after``) and missing data are refused at
@@ -27,7 +30,8 @@ from graphopt.console import captured_warnings
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.engines import ort as ort_engine
 from graphopt.errors import GraphoptError, InputError, PassFailedError, first_line
-from graphopt.model_io import DEFAULT_OPSET, initializer_bytes, model_hash, opset_version, upgrade_opset
+from graphopt.model_io import initializer_bytes, model_hash
+from graphopt.opset_upgrade import prepare_for_pass, runnable, settle_ir_version
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult, PassContext
 from graphopt.report import PassRow
 from graphopt.validate import validate_model
@@ -91,15 +95,21 @@ class PassManager(FunctionalPass):
             return self._call(model)
 
     def _call(self, model: ir.Model) -> ManagerResult:
-        self.context.source = model
         data = self.comparison_data(model)
         batch = data.batch_size_for(input_specs(model))
+        first_notes: list[str] = []
         try:
             reference = _run(model, data, batch)
+            if reference is None:  # no kernel at the model's opset: the upgraded model may have one
+                upgraded = runnable(model)
+                if upgraded is not None:
+                    model, first_notes = upgraded.model, upgraded.notes
+                    reference = _run(model, data, batch)
         except Exception as exc:
             shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in data.inputs.items())
             fix = "give --eval-data with real inputs" if data.synthetic else "check the evaluation data"
             raise InputError(f"the input model fails on {data.source} ({shapes}): {first_line(exc)}; {fix}") from exc
+        self.context.source = model
         labels = data.labels
         working = model
         rows: list[PassRow] = []
@@ -107,14 +117,17 @@ class PassManager(FunctionalPass):
         comparison = compare_outputs(reference, reference, labels, metric) if reference is not None else None
         for p in self.passes:
             row = PassRow(p.name, "applied", nodes_before=len(working.graph), bytes_before=initializer_bytes(working))
+            row.notes, first_notes = first_notes, []
             started = time.perf_counter()
-            if p.min_opset and opset_version(working) < p.min_opset:
-                old = opset_version(working)
-                working = upgrade_opset(working, DEFAULT_OPSET)
-                row.notes.append(f"opset upgraded {old} → {DEFAULT_OPSET}")
+            prepared = prepare_for_pass(working, p)
+            working = prepared.model
+            row.notes += prepared.notes
             result, row.cache_hit = self._run_pass(p, working)
             row.stats, row.notes = dict(result.stats), row.notes + list(result.notes)
             candidate = large.resolve(result.model) if large.active_store() is not None else result.model
+            raised = settle_ir_version(candidate)
+            if raised:
+                row.notes.append(raised)
             check = validate_model(candidate, require_runtime=self.context.target.kind == "cpu")
             rolled_back_reason = None
             if not check.ok:

@@ -197,6 +197,9 @@ def save_model(model: ir.Model | onnx.ModelProto, output: str | os.PathLike, *, 
     output = Path(output)
     check_output_path(output, input_path)
     model = model if isinstance(model, ir.Model) else ir.from_proto(model)
+    from graphopt.opset_upgrade import settle_ir_version
+
+    settle_ir_version(model)  # whatever IR version is written, the model satisfies its rules
     try:
         if external_data or large.is_large(model) or large.has_external_weights(model):
             _write_with_external_data(model, output)
@@ -289,18 +292,19 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
-def opset_version(model: ir.Model) -> int:
+def opset_version(model: ir.Model | onnx.ModelProto) -> int:
     """The default-domain opset the model imports."""
-    return int(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1)))
+    from graphopt.opset_upgrade import opset_version as version
+
+    return version(model)
 
 
 def upgrade_opset(model: ir.Model, target: int = DEFAULT_OPSET) -> ir.Model:
-    """Convert a model to opset ``target`` with onnx's version converter (used for opset < 13)."""
-    try:
-        converted = onnx.version_converter.convert_version(ir.to_proto(model), target)
-    except Exception as exc:
-        raise InputError(f"cannot upgrade the model from opset {opset_version(model)} to {target}: {first_line(exc)}") from exc
-    return ir.from_proto(converted)
+    """Convert a model to opset ``target``: onnx's version converter after the repairs of
+    :mod:`graphopt.opset_upgrade`; raises :class:`InputError` naming the node that blocks it."""
+    from graphopt.opset_upgrade import upgrade
+
+    return upgrade(model, target).model
 
 
 def normalize_model(model: ir.Model) -> list[str]:
@@ -311,6 +315,8 @@ def normalize_model(model: ir.Model) -> list[str]:
     * weights held in ``Constant`` nodes are lifted to initializers so pruning and quantization
       see them.
     """
+    from graphopt.opset_upgrade import settle_ir_version
+
     notes: list[str] = []
     init_names = set(model.graph.initializers)
     as_inputs = [v.name for v in model.graph.inputs if v.name in init_names]
@@ -324,6 +330,9 @@ def normalize_model(model: ir.Model) -> list[str]:
         lifted = len(model.graph.initializers) - before
         if lifted:
             notes.append(f"{lifted} Constant nodes lifted to initializers")
+    raised = settle_ir_version(model)  # IR 3: initializers must be inputs; from IR 4 they need not be
+    if raised:
+        notes.append(raised)
     return notes
 
 

@@ -10,7 +10,10 @@ and leaves its input alone, so the manager can roll it back) with:
 * ``refuses_after`` — names of passes that must not run before it (e.g. prune after int8);
 * ``lossless`` — when True the manager requires the outputs to match the reference numerically
   and rolls the pass back otherwise;
-* ``min_opset`` — the manager upgrades older models (with a report note) before calling it;
+* ``min_opset`` — the manager upgrades older models (with a report note) before calling it
+  (:mod:`graphopt.opset_upgrade`);
+* ``lowest_opset`` — the oldest opset the pass can run at when that upgrade fails (``None``: it cannot;
+  ``own_opset_note`` says what it gives up there);
 * ``default_max_accuracy_drop`` — the accuracy budget of a run that includes the pass when the user
   sets none (``distill``: 1 point, since a substitution must be justified by a measurement);
 * ``requires(model)`` — preconditions, raising :class:`PreconditionFailed` with a message a
@@ -74,6 +77,8 @@ class GraphoptPass(FunctionalPass):
     refuses_after: ClassVar[frozenset[str]] = frozenset()
     lossless: ClassVar[bool] = False
     min_opset: ClassVar[int | None] = None
+    lowest_opset: ClassVar[int | None] = None
+    own_opset_note: ClassVar[str] = ""
     default_max_accuracy_drop: ClassVar[float | None] = None
     uses_data: ClassVar[frozenset[str]] = frozenset()
     """Data the result depends on (part of the cache key): ``"calib"``, ``"eval"``, ``"train"``."""

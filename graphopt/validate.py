@@ -25,7 +25,8 @@ class ValidationResult:
 
 
 def validate_model(model: ir.Model, *, require_runtime: bool = True) -> ValidationResult:
-    """Check ``model``; ``require_runtime=False`` turns a failed session creation into a note.
+    """Check ``model``; ``require_runtime=False`` turns a session creation that fails for want of a kernel
+    (not for a malformed model) into a note.
 
     Custom-domain ops that onnxruntime does not know never fail validation: the note says the
     numerics could not be checked. A model with detached weights (:mod:`graphopt.large`) is checked
@@ -51,8 +52,15 @@ def _validate(proto: onnx.ModelProto, model: ir.Model, require_runtime: bool) ->
         reason = first_line(exc)
         if unknown:
             return ValidationResult(True, None, False, f"onnxruntime cannot run custom op domain(s) {', '.join(sorted(unknown))}; outputs not compared")
-        if not require_runtime:
+        if not require_runtime and _missing_kernel(exc):
             return ValidationResult(True, None, False, f"onnxruntime (CPU) cannot load the model here: {reason}")
         return ValidationResult(False, f"onnxruntime cannot load the model: {reason}")
     return ValidationResult(True, engine=engine)
+
+
+def _missing_kernel(exc: Exception) -> bool:
+    """True when onnxruntime refused a model only for want of a kernel on this machine (a GPU target's
+    fp16 op, a GPU-only op), not because the model itself is malformed."""
+    text = str(exc)
+    return "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text or "NotImplemented" in type(exc).__name__
 

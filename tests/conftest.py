@@ -8,6 +8,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 
+def pytest_collection_modifyitems(config, items):
+    """``corpus`` tests (the whole model corpus, minutes) run only when ``-m`` names them."""
+    if "corpus" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="the whole corpus runs with -m corpus (make corpus)")
+    for item in items:
+        if "corpus" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own pass-result cache so runs never share state, and optimize skips its

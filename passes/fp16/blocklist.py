@@ -6,7 +6,9 @@ Four sources, each reported separately:
    (quantization scales of ``QuantizeLinear``/``DequantizeLinear`` so int8 QDQ stays exactly as
    the int8 pass wrote it; Resize-era ``Upsample``), ops whose fp16 result is wrong by
    construction (``Range``/``CumSum`` accumulate past fp16's 11-bit integer range) and ops
-   without fp16 support (ai.onnx.ml, ``NonMaxSuppression``, ``RoiAlign``, random generators).
+   without fp16 support (ai.onnx.ml, ``NonMaxSuppression``, ``RoiAlign``, random generators), and
+   ``BitCast`` (reinterprets bits). With them, the nodes that feed a rounding op (:func:`rounding_cone`:
+   an fp16 error before it moves the result a whole step).
 2. **Data** (:func:`overflow_nodes`): with calibration or evaluation data the fp32 model runs once
    (streaming, :func:`graphopt.calibration.collect_ranges`) and every node with an input, output
    or weight whose max |x| exceeds ``65504 / safety_margin`` stays fp32. The margin covers inputs
@@ -50,6 +52,8 @@ REQUIRED_FP32_OPS: frozenset[str] = frozenset({
     "Imputer", "LabelEncoder", "LinearClassifier", "LinearRegressor", "Normalizer", "OneHotEncoder",
     "SVMClassifier", "SVMRegressor", "Scaler", "TreeEnsemble", "TreeEnsembleClassifier", "TreeEnsembleRegressor",
     "ZipMap",
+    # BitCast reinterprets its input's bits: their width is the meaning
+    "BitCast",
 })
 
 DEFAULT_OVERFLOW_OPS: frozenset[str] = frozenset({
@@ -79,6 +83,26 @@ def overflow_nodes(proto: onnx.ModelProto, ranges: dict[str, TensorRange], thres
         if hit is not None:
             found[node.name] = hit
     return found
+
+
+ROUNDING_OPS: frozenset[str] = frozenset({"Round", "Floor", "Ceil"})
+"""Ops that turn a float into a whole number: an fp16 error before them moves the result a whole step."""
+
+
+def rounding_cone(proto: onnx.ModelProto) -> list[str]:
+    """Main-graph nodes that are, or feed (directly or not), a :data:`ROUNDING_OPS` node: kept fp32, since
+    fp16's relative error of 2⁻¹¹ in ``x/scale`` changes ``round(x/scale)`` by one wherever it lies near a
+    half step (a hand-written quantizer computed in fp16 gives other integers than in fp32)."""
+    producer = {out: node for node in proto.graph.node for out in node.output if out}
+    cone: dict[str, None] = {}
+    stack = [n for n in proto.graph.node if n.op_type in ROUNDING_OPS]
+    while stack:
+        node = stack.pop()
+        if node.name in cone:
+            continue
+        cone[node.name] = None
+        stack += [producer[name] for name in node.input if name in producer]
+    return list(cone)
 
 
 def op_nodes(proto: onnx.ModelProto, op_types: frozenset[str] | set[str]) -> list[str]:

@@ -2,7 +2,7 @@
 
 Steps:
 
-1. **Prepare** a copy: opset < 13 upgraded, initializers removed from the graph inputs (old
+1. **Prepare** a copy: opset < 6 (bf16: < 13) upgraded (:mod:`graphopt.opset_upgrade`), initializers removed from the graph inputs (old
    exporters), ``Constant`` weights lifted to initializers, every node given a unique name.
 2. **Decide what stays fp32** (:mod:`graphopt.passes.fp16.blocklist`): required ops (int8 Q/DQ
    among them, so ``--int8 --fp16`` keeps int8 where quantized), user ``block_ops``/``block_nodes``,
@@ -43,7 +43,8 @@ from graphopt import large
 from graphopt.console import WarningLog, captured_warnings
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PassFailedError, PreconditionFailed, QualityGateError
-from graphopt.model_io import DEFAULT_OPSET, normalize_model, opset_version, upgrade_opset
+from graphopt.model_io import normalize_model
+from graphopt.opset_upgrade import prepare_for_pass
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
 from graphopt.passes.fp16 import blocklist, typecheck, verify
 
@@ -81,13 +82,26 @@ class _Attempt:
     fixes: dict[str, int]
 
 
+SEQUENCE_OPS = frozenset({"SequenceConstruct", "SequenceInsert", "SequenceAt", "SequenceErase", "SequenceLength",
+                          "SequenceEmpty", "SplitToSequence", "ConcatFromSequence", "SequenceMap"})
+"""Ops on sequence values: onnxruntime's float16 converter retypes a sequence's tensors inconsistently (the
+result does not load), so a model with them is refused."""
+
+
 class Fp16Pass(GraphoptPass):
     """Float32 → fp16 / bf16 with fp32 islands where needed, type-checked and numerically self-checked."""
 
     name = "fp16"
     Options = Fp16Options
     uses_data = frozenset({"calib", "eval"})
-    min_opset = 13
+    min_opset = 6
+    """fp16 is in the op schemas from opset 6 (the type check keeps a node without it in fp32); bf16 from 13."""
+    lowest_opset = 6
+
+    def __init__(self, options: Fp16Options | None = None) -> None:
+        super().__init__(options)
+        if self.options.precision == "bf16":
+            self.min_opset = self.lowest_opset = 13
 
     @property
     def low(self) -> int:
@@ -101,7 +115,12 @@ class Fp16Pass(GraphoptPass):
         if self.options.precision == "bf16" and not self.options.keep_io_types:
             raise PreconditionFailed("bf16 graph inputs/outputs cannot be fed from numpy here; "
                                      "keep the I/O types (drop --fp16-io) with --bf16")
-        types = typecheck.elem_types(large.to_proto(model))
+        proto = large.to_proto(model)
+        sequence = next((n for g in typecheck.iter_graphs(proto.graph) for n in g.node if n.op_type in SEQUENCE_OPS), None)
+        if sequence is not None:
+            raise PreconditionFailed(f"{self.label} cannot convert models with sequence values: node "
+                                     f"'{sequence.name or sequence.output[0]}' ({sequence.op_type}); drop --{self.label}")
+        types = typecheck.elem_types(proto)
         if not any(t in typecheck.FLOAT_TYPES for t in types.values()):
             raise PreconditionFailed(f"model has no float tensors (weights or activations) to convert to "
                                      f"{self.label}; drop --{self.label}")
@@ -162,11 +181,9 @@ class Fp16Pass(GraphoptPass):
     # -- preparation -------------------------------------------------------------------------
 
     def _prepare(self, model: ir.Model, notes: list[str]) -> onnx.ModelProto:
-        working = model.clone()
-        if opset_version(working) < 13:
-            old = opset_version(working)
-            working = upgrade_opset(working, DEFAULT_OPSET)
-            notes.append(f"opset upgraded {old} → {DEFAULT_OPSET} for {self.label} kernels")
+        prepared = prepare_for_pass(model, self)  # a no-op after the manager's own (called directly: not)
+        notes += prepared.notes
+        working = prepared.model.clone()
         normalize_model(working)  # initializers out of the inputs, Constant weights lifted
         ir_common.NameFixPass()(working)
         return large.to_proto(working)
@@ -182,6 +199,8 @@ class Fp16Pass(GraphoptPass):
                              f"see `graphopt inspect` for node names")
         for name in blocklist.op_nodes(proto, blocklist.REQUIRED_FP32_OPS):
             reasons[name] = "required"
+        for name in blocklist.rounding_cone(proto):
+            reasons.setdefault(name, "feeds a rounding op")
         for name in blocklist.op_nodes(proto, set(opts.block_ops)):
             reasons[name] = "user op"
         for name in opts.block_nodes:

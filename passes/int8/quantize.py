@@ -40,6 +40,7 @@ from graphopt import large
 from graphopt.console import stderr
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PreconditionFailed
+from graphopt.opset_upgrade import opset_version
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
 from graphopt.passes.int8 import attention_float
 from graphopt.passes.int8.calibration import MIN_SAMPLES, CalibMethod, calibrate
@@ -117,6 +118,8 @@ class Int8Pass(GraphoptPass):
     name = "int8"
     Options = Int8Options
     min_opset = 13
+    lowest_opset = 10  # an old model whose upgrade fails: QuantizeLinear exists from 10, per-channel axis from 13
+    own_opset_note = "per-tensor weight scales (per-channel Q/DQ needs opset 13)"
     refuses_after = frozenset({"fp16"})
     uses_data = frozenset({"calib", "eval"})
 
@@ -138,7 +141,8 @@ class Int8Pass(GraphoptPass):
         options, context = self.options, self.context
         proto = large.to_proto(model)  # weights detached for a large model (graphopt.large)
         ensure_node_names(proto)
-        scheme = scheme_for(context.target, activations=options.activations, per_channel=options.per_channel)
+        per_channel = options.per_channel and opset_version(proto) >= 13  # see lowest_opset
+        scheme = scheme_for(context.target, activations=options.activations, per_channel=per_channel)
         method = options.calib_method or scheme.default_method
         known = {n.name for n in proto.graph.node}
         unknown = [n for n in options.exclude_nodes if n not in known]
