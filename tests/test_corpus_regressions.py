@@ -89,6 +89,14 @@ def test_take_keeps_whole_feeds_of_a_fixed_batch():
     assert len(DataSet({"x": np.zeros((12, 10), np.float32)}).take(5)) == 5
 
 
+def test_softmax_of_large_numbers_written_out_is_valid_without_data():
+    """``x − max(x)`` at |x| ≈ 10⁴: fp16 rounds x to multiples of 8 first; the probe inputs (|x| ≈ 1) never
+    show it, so the subtraction stays fp32 whatever the data (a FAILURE of ``corpus.py --probe-inputs``)."""
+    entry = corpus.load_entries(only="^test_softmax_large_number_expanded$")[0]
+    run = corpus.run_one(entry, "fp16", eval_data=False)
+    assert run.status == "valid", (run.reason, run.detail)
+
+
 def test_rounding_cone_stays_fp32():
     from graphopt.passes.fp16.blocklist import rounding_cone
 

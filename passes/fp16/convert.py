@@ -201,6 +201,8 @@ class Fp16Pass(GraphoptPass):
             reasons[name] = "required"
         for name in blocklist.rounding_cone(proto):
             reasons.setdefault(name, "feeds a rounding op")
+        for name in blocklist.max_subtractions(proto):
+            reasons.setdefault(name, "subtracts a max (cancellation)")
         for name in blocklist.op_nodes(proto, set(opts.block_ops)):
             reasons[name] = "user op"
         for name in opts.block_nodes:
