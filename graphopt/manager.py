@@ -128,7 +128,7 @@ class PassManager(FunctionalPass):
             raised = settle_ir_version(candidate)
             if raised:
                 row.notes.append(raised)
-            check = validate_model(candidate, require_runtime=self.context.target.kind == "cpu")
+            check = validate_model(candidate, require_runtime=self.context.target.kind == "cpu", source=working)
             rolled_back_reason = None
             if not check.ok:
                 if not p.lossless:

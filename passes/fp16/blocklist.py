@@ -6,9 +6,11 @@ Four sources, each reported separately:
    (quantization scales of ``QuantizeLinear``/``DequantizeLinear`` so int8 QDQ stays exactly as
    the int8 pass wrote it; Resize-era ``Upsample``), ops whose fp16 result is wrong by
    construction (``Range``/``CumSum`` accumulate past fp16's 11-bit integer range) and ops
-   without fp16 support (ai.onnx.ml, ``NonMaxSuppression``, ``RoiAlign``, random generators), and
-   ``BitCast`` (reinterprets bits). With them, the nodes that feed a rounding op (:func:`rounding_cone`:
-   an fp16 error before it moves the result a whole step).
+   without fp16 support (ai.onnx.ml, ``NonMaxSuppression``, ``RoiAlign``, random generators),
+   ``BitCast`` (reinterprets bits), ``MeanVarianceNormalization`` (onnx cannot type-check its function
+   body, so a converted one cannot be proved) and the sequence ops (:data:`SEQUENCE_OPS`). With them, the
+   nodes that feed a rounding op (:func:`rounding_cone`: an fp16 error before it moves the result a whole
+   step) and the max subtraction of a written-out softmax (:func:`max_subtractions`: cancellation).
 2. **Data** (:func:`overflow_nodes`): with calibration or evaluation data the fp32 model runs once
    (streaming, :func:`graphopt.calibration.collect_ranges`) and every node with an input, output
    or weight whose max |x| exceeds ``65504 / safety_margin`` stays fp32. The margin covers inputs
@@ -54,7 +56,16 @@ REQUIRED_FP32_OPS: frozenset[str] = frozenset({
     "ZipMap",
     # BitCast reinterprets its input's bits: their width is the meaning
     "BitCast",
+    # onnx's type inference fails on its function body (the original's too): a converted one cannot be proved
+    "MeanVarianceNormalization",
 })
+
+SEQUENCE_OPS: frozenset[str] = frozenset({
+    "SequenceConstruct", "SequenceInsert", "SequenceAt", "SequenceErase", "SequenceLength", "SequenceEmpty",
+    "SplitToSequence", "ConcatFromSequence", "SequenceMap"})
+"""Ops on sequence values: kept fp32. onnxruntime's float16 converter retypes a sequence's tensors
+inconsistently (the result does not load), so a model that mixes them with float compute is refused, and one
+made of them alone stays fp32."""
 
 DEFAULT_OVERFLOW_OPS: frozenset[str] = frozenset({
     "Pow", "Exp", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceProd", "ReduceLogSum", "ReduceLogSumExp",
@@ -103,6 +114,21 @@ def rounding_cone(proto: onnx.ModelProto) -> list[str]:
         cone[node.name] = None
         stack += [producer[name] for name in node.input if name in producer]
     return list(cone)
+
+
+def max_subtractions(proto: onnx.ModelProto) -> list[str]:
+    """``Sub(x, ReduceMax(x))`` pairs (a softmax written out op by op), both nodes: kept fp32. The difference
+    is small where ``x`` is large, and fp16 rounds ``x`` to a spacing of ``|x|·2⁻¹⁰`` (8 at 10⁴) before
+    subtracting, so the small values the softmax depends on are lost — whatever the data's range says."""
+    producer = {out: node for node in proto.graph.node for out in node.output if out}
+    found: list[str] = []
+    for node in proto.graph.node:
+        if node.op_type != "Sub" or len(node.input) < 2:
+            continue
+        peak = producer.get(node.input[1])
+        if peak is not None and peak.op_type == "ReduceMax" and peak.input and peak.input[0] == node.input[0]:
+            found += [peak.name, node.name]
+    return found
 
 
 def op_nodes(proto: onnx.ModelProto, op_types: frozenset[str] | set[str]) -> list[str]:

@@ -82,12 +82,6 @@ class _Attempt:
     fixes: dict[str, int]
 
 
-SEQUENCE_OPS = frozenset({"SequenceConstruct", "SequenceInsert", "SequenceAt", "SequenceErase", "SequenceLength",
-                          "SequenceEmpty", "SplitToSequence", "ConcatFromSequence", "SequenceMap"})
-"""Ops on sequence values: onnxruntime's float16 converter retypes a sequence's tensors inconsistently (the
-result does not load), so a model with them is refused."""
-
-
 class Fp16Pass(GraphoptPass):
     """Float32 → fp16 / bf16 with fp32 islands where needed, type-checked and numerically self-checked."""
 
@@ -116,10 +110,12 @@ class Fp16Pass(GraphoptPass):
             raise PreconditionFailed("bf16 graph inputs/outputs cannot be fed from numpy here; "
                                      "keep the I/O types (drop --fp16-io) with --bf16")
         proto = large.to_proto(model)
-        sequence = next((n for g in typecheck.iter_graphs(proto.graph) for n in g.node if n.op_type in SEQUENCE_OPS), None)
-        if sequence is not None:
-            raise PreconditionFailed(f"{self.label} cannot convert models with sequence values: node "
-                                     f"'{sequence.name or sequence.output[0]}' ({sequence.op_type}); drop --{self.label}")
+        nodes = [n for g in typecheck.iter_graphs(proto.graph) for n in g.node if n.op_type != "Constant"]
+        sequence = next((n for n in nodes if n.op_type in blocklist.SEQUENCE_OPS), None)
+        if sequence is not None and any(n.op_type not in blocklist.SEQUENCE_OPS for n in nodes):
+            raise PreconditionFailed(f"{self.label} cannot convert models that mix sequence values with float "
+                                     f"compute: node '{sequence.name or sequence.output[0]}' ({sequence.op_type}); "
+                                     f"drop --{self.label}")
         types = typecheck.elem_types(proto)
         if not any(t in typecheck.FLOAT_TYPES for t in types.values()):
             raise PreconditionFailed(f"model has no float tensors (weights or activations) to convert to "
@@ -138,6 +134,10 @@ class Fp16Pass(GraphoptPass):
         if TensorProto.FLOAT not in types.values():
             return self.result(model.clone(), False, {}, ["model has no float32 tensors; nothing converted"])
         reasons = self._decide_fp32_nodes(proto, types, notes)
+        if all(n.name in reasons for g in typecheck.iter_graphs(proto.graph) for n in g.node if n.op_type != "Constant"):
+            why = collections.Counter(r.split(" (")[0] for r in reasons.values()).most_common(1)
+            return self.result(model.clone(), False, {"nodes_kept_fp32": len(reasons)}, notes + [
+                f"no node could run in {self.label} (mostly: {why[0][0] if why else 'blocked'}); the model stays fp32"])
         target = self.context.target.kind
         if target == "cpu":
             notes.append(CPU_SLOWDOWN_NOTE)
@@ -197,10 +197,12 @@ class Fp16Pass(GraphoptPass):
         if unknown:
             raise InputError(f"--fp16-block-nodes names unknown node(s) {', '.join(unknown[:5])}; "
                              f"see `graphopt inspect` for node names")
-        for name in blocklist.op_nodes(proto, blocklist.REQUIRED_FP32_OPS):
+        for name in blocklist.op_nodes(proto, blocklist.REQUIRED_FP32_OPS | blocklist.SEQUENCE_OPS):
             reasons[name] = "required"
         for name in blocklist.rounding_cone(proto):
             reasons.setdefault(name, "feeds a rounding op")
+        for name in blocklist.max_subtractions(proto):
+            reasons.setdefault(name, "subtracts a max (cancellation)")
         for name in blocklist.op_nodes(proto, set(opts.block_ops)):
             reasons[name] = "user op"
         for name in opts.block_nodes:
