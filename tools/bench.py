@@ -470,7 +470,7 @@ def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, 
     names = ["fp32", *[v for v in variant_names if v != "fp32"]]
     rows: dict[str, dict] = {}
     engines = {}
-    outputs: dict[str, dict[str, np.ndarray]] = {}
+    reference: dict[str, np.ndarray] = {}
     paths: dict[str, Path] = {}
     for name in names:
         spec = VARIANTS[name]
@@ -495,7 +495,10 @@ def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, 
                 checked = "; ".join(r["metric"] for r in converted.details.get("passes", []) if r.get("metric"))
                 raise Skip(f"ORT CPU cannot run it ({first_line(exc)}); graphopt's emulated check: {checked}") from exc
             row["providers"] = engine.providers
-            outputs[name] = _run_eval(engine, evaluation, feeds_for)
+            got = _run_eval(engine, evaluation, feeds_for)
+            if name == "fp32":
+                reference = got
+            _judge(case, row, reference, got, evaluation, texts)  # then drop the outputs: only fp32's are kept
             engines[name] = engine
         except Skip as exc:
             row.update(status="skipped", reason=str(exc))
@@ -509,14 +512,6 @@ def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, 
     if "fp32" not in engines:
         raise RuntimeError(f"{case.name}: the fp32 model itself does not run: {rows['fp32'].get('reason')}")
 
-    reference = outputs["fp32"]
-    for name in engines:
-        try:
-            rows[name]["quality"] = measure_quality(case.check, reference, outputs[name], evaluation.labels).to_dict()
-        except ValueError as exc:
-            rows[name].update(status="error", reason=f"quality: {first_line(exc)}")
-        if texts is not None:
-            rows[name]["text"] = _text_quality(case.name, texts, reference, outputs[name])
 
     one = evaluation.take(batch).inputs
     for count in thread_counts:
@@ -545,6 +540,17 @@ def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, 
             row["casts_added"] = row["casts"] - base["casts"]
     return {"check": case.check, "model": str(case.model), "eval": str(case.eval), "eval_samples": len(evaluation),
             "rows": [rows[n] for n in names]}
+
+
+def _judge(case: Case, row: dict, reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+           evaluation: DataSet, texts: list[str] | None) -> None:
+    """Quality of one variant's eval outputs against fp32's (and against the texts, when the model has them)."""
+    try:
+        row["quality"] = measure_quality(case.check, reference, outputs, evaluation.labels).to_dict()
+    except ValueError as exc:
+        row.update(status="error", reason=f"quality: {first_line(exc)}")
+    if texts is not None:
+        row["text"] = _text_quality(case.name, texts, reference, outputs)
 
 
 TEXT_DECODERS = {"ppocr-rec": "models.text_lines"}
