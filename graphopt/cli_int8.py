@@ -34,13 +34,16 @@ OPTIONS = [
                  help="int8: no cross-layer equalization of Conv → (ReLU/none) → Conv pairs before calibrating."),
     click.option("--no-bias-correction", is_flag=True,
                  help="int8: do not fold each quantized layer's measured output-mean shift into its bias."),
+    click.option("--no-gelu-fusion", is_flag=True,
+                 help="int8 (cpu): keep five-node GELUs as they are instead of one ONNX Gelu node (opset 20), "
+                      "which onnxruntime runs as one kernel in a quantized graph."),
     click.option("--keep-best", is_flag=True,
                  help="Write the best int8 model found even when --max-accuracy-drop is missed (exit code stays 1)."),
 ]
 
 _INT8_ONLY = ("calib_method", "calib_samples", "calib_random", "exclude_nodes", "exclude_op_types", "keep_best",
               "smoothquant", "no_outlier_split", "no_float_attention", "no_range_choice", "no_equalization",
-              "no_bias_correction")
+              "no_bias_correction", "no_gelu_fusion")
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -74,4 +77,5 @@ def build_pass(params: dict):
         range_choice=not params.get("no_range_choice"),
         equalization=not params.get("no_equalization"),
         bias_correction=not params.get("no_bias_correction"),
+        gelu_fusion=not params.get("no_gelu_fusion"),
     ))

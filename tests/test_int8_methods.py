@@ -98,6 +98,48 @@ def test_equalization_balances_weight_ranges_exactly():
     np.testing.assert_allclose(np.abs(w1).reshape(8, -1).max(1), np.abs(dw).reshape(8, -1).max(1), rtol=1e-5)
 
 
+# --- GELU fusion ---------------------------------------------------------------------------------
+
+def gelu_model():
+    """x → Conv 1×1 → exact five-node GELU (x/√2, erf, +1, ·x, ·0.5) → Conv 1×1 → y (opset 17)."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="pw1"),
+             helper.make_node("Div", ["h", "sqrt2"], ["hd"], name="gelu_div"),
+             helper.make_node("Erf", ["hd"], ["he"], name="gelu_erf"),
+             helper.make_node("Add", ["one", "he"], ["hp"], name="gelu_add"),
+             helper.make_node("Mul", ["hp", "h"], ["hm"], name="gelu_mul"),
+             helper.make_node("Mul", ["hm", "half"], ["g"], name="gelu_half"),
+             helper.make_node("Conv", ["g", "w2"], ["y"], name="pw2")]
+    inits = [_init("w1", RNG.standard_normal((8, 4, 1, 1))), _init("b1", RNG.standard_normal(8)),
+             _init("w2", RNG.standard_normal((6, 8, 1, 1)) * 0.5), _init("sqrt2", np.sqrt(2.0)), _init("one", 1.0),
+             _init("half", 0.5)]
+    return _model(nodes, inits, 6)
+
+
+def test_gelu_fusion_is_exact_and_survives_quantization():
+    from graphopt.passes.int8.gelu_fusion import fuse_gelus
+
+    model = gelu_model()
+    fused, count, why = fuse_gelus(model)
+    assert count == 1 and why is None and fused.opset_import[0].version == 20
+    assert [n.op_type for n in fused.graph.node] == ["Conv", "Gelu", "Conv"]
+    feeds = {"x": _x()}
+    np.testing.assert_allclose(ort_engine.build(fused).run(feeds)["y"], ort_engine.build(model).run(feeds)["y"],
+                               rtol=1e-5, atol=1e-5)
+    stats, proto = _run(model, DataSet({"x": _x(48)}), equalization=False, bias_correction=False)
+    assert "Gelu" in {n.op_type for n in proto.graph.node}
+    assert next(m for m in stats["methods"] if m["method"] == "gelu-fusion")["changed"].startswith("1 exact GELU")
+    _, plain = _run(model, DataSet({"x": _x(48)}), equalization=False, bias_correction=False, gelu_fusion=False)
+    assert "Gelu" not in {n.op_type for n in plain.graph.node} and "Erf" in {n.op_type for n in plain.graph.node}
+
+
+def test_gelu_fusion_leaves_a_gelu_whose_inner_value_is_read_elsewhere():
+    from graphopt.passes.int8.gelu_fusion import find_gelus
+
+    model = gelu_model()
+    model.graph.output.append(helper.make_tensor_value_info("he", TensorProto.FLOAT, None))
+    assert find_gelus(model) == []
+
+
 # --- range choice ------------------------------------------------------------------------------
 
 def test_range_choice_picks_the_candidate_with_the_lowest_measured_error():
@@ -197,8 +239,9 @@ def test_an_explicit_calibration_method_is_not_overridden_by_the_range_choice():
     (["--no-range-choice"], {"range-choice"}),
     (["--no-equalization"], {"equalization"}),
     (["--no-bias-correction"], {"bias-correction"}),
-    (["--no-range-choice", "--no-equalization", "--no-bias-correction"],
-     {"range-choice", "equalization", "bias-correction"}),
+    (["--no-gelu-fusion"], {"gelu-fusion"}),
+    (["--no-range-choice", "--no-equalization", "--no-bias-correction", "--no-gelu-fusion"],
+     {"range-choice", "equalization", "bias-correction", "gelu-fusion"}),
 ])
 def test_cli_flags_turn_the_methods_off(tmp_path, flags, absent):
     import json
@@ -221,7 +264,8 @@ def test_cli_flags_turn_the_methods_off(tmp_path, flags, absent):
     defaults = Defaults()
     on_by_default = {name for name, flag in (("range-choice", defaults.range_choice),
                                               ("equalization", defaults.equalization),
-                                              ("bias-correction", defaults.bias_correction)) if flag}
+                                              ("bias-correction", defaults.bias_correction),
+                                              ("gelu-fusion", defaults.gelu_fusion)) if flag}
     assert on_by_default - absent <= methods
 
 

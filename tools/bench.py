@@ -20,7 +20,7 @@ Variants (``VARIANTS``; a later issue adds one with :func:`variant`). A variant 
 * ``graphopt-int8`` — graphopt passes ``simplify, int8``, target cpu, with the model's calib and eval data;
 * ``graphopt-int8-before`` — the same with the methods of issue 12 turned off
   (:data:`GRAPHOPT_INT8_BEFORE_ISSUE12`: SmoothQuant, the outlier split, float attention MatMuls, the range
-  choice, cross-layer equalization, bias correction);
+  choice, cross-layer equalization, bias correction, the GELU fusion);
 * ``graphopt-int8-smoothquant`` — ``graphopt-int8`` with the opt-in SmoothQuant (``--smoothquant``);
 * ``graphopt-int8-only-range-choice`` / ``-only-equalization`` / ``-only-bias-correction`` — ``graphopt-int8-before``
   plus that one recogniser method; ``graphopt-int8-recogniser-methods`` — plus all three (the ablation);
@@ -164,7 +164,8 @@ def _graphopt_int8(case: Case, out: Path) -> Converted:
 
 
 GRAPHOPT_INT8_BEFORE_ISSUE12 = {"smoothquant": False, "outlier_split": False, "float_attention_matmuls": False,
-                                "range_choice": False, "equalization": False, "bias_correction": False}
+                                "range_choice": False, "equalization": False, "bias_correction": False,
+                                "gelu_fusion": False}
 """The int8 options that turn off every method issue 12 added (what ``main`` ran before it)."""
 
 

@@ -5,7 +5,8 @@ Steps:
 2. choose the scheme for the target (:mod:`graphopt.passes.int8.scheme`) and the nodes it
    quantizes (minus ``exclude_nodes`` / ``exclude_op_types``; on a CPU without VNNI minus the
    activation×activation MatMuls, :mod:`graphopt.passes.int8.attention_float`);
-   then, on the float graph, equalize consecutive Conv pairs exactly (cross-layer equalization,
+   then, on the float graph, (``cpu``) write exact GELUs as one ``Gelu`` node
+   (:mod:`graphopt.passes.int8.gelu_fusion`), equalize consecutive Conv pairs exactly (cross-layer equalization,
    :mod:`graphopt.passes.int8.equalization`) and, checked by measured SQNR, split the massive outlier
    input channels of low-resolution layers off into a small float MatMul
    (:mod:`graphopt.passes.int8.outlier_split`) and (opt-in) migrate activation outliers into the weights
@@ -47,7 +48,7 @@ from graphopt.console import stderr
 from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PreconditionFailed
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
-from graphopt.passes.int8 import attention_float, bias_correction, equalization, range_choice
+from graphopt.passes.int8 import attention_float, bias_correction, equalization, gelu_fusion, range_choice
 from graphopt.passes.int8.calibration import MIN_SAMPLES, CalibMethod, calibrate
 from graphopt.passes.int8.fallback import Evaluator, batch1_latency_ms, edits_of, run_fallback
 from graphopt.passes.int8.scheme import (
@@ -116,6 +117,9 @@ class Int8Options:
     """Cross-layer equalization of Conv → (ReLU / none) → Conv pairs before calibrating (:mod:`.equalization`)."""
     bias_correction: bool = True
     """Fold each quantized layer's measured output-mean shift into its bias (:mod:`.bias_correction`)."""
+    gelu_fusion: bool = True
+    """On the ``cpu`` target write each exact five-node GELU as one ONNX ``Gelu`` (opset 20), which
+    onnxruntime runs as one kernel in a QDQ graph too (:mod:`.gelu_fusion`)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.percentile <= 100:
@@ -159,12 +163,15 @@ class Int8Pass(GraphoptPass):
         unknown = [n for n in options.exclude_nodes if n not in known]
         if unknown:
             raise InputError(f"--exclude-nodes: no node named {', '.join(map(repr, unknown))} in the model")
+        methods: list[dict] = []
+        if options.gelu_fusion and scheme.target == "cpu":  # exact; before anything reads the graph's nodes
+            proto, fused, why = gelu_fusion.fuse_gelus(proto)
+            methods.append(gelu_fusion.report(fused, why))
         nodes = quantizable_nodes(proto, scheme, options.exclude_nodes, options.exclude_op_types)
         if not any(n.name in set(nodes) and n.op_type in WEIGHTED_OPS for n in proto.graph.node):
             raise PreconditionFailed("nothing left to quantize: every weighted layer is excluded")
         notes: list[str] = []
         data = self._calibration_data(model)
-        methods: list[dict] = []
         guard = options.min_sqnr_db is not None
         if options.float_attention_matmuls and attention_float.applies(scheme):
             act_act = attention_float.activation_matmuls(proto, nodes)
