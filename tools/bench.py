@@ -24,6 +24,7 @@ Variants (``VARIANTS``; a later issue adds one with :func:`variant`). A variant 
 * ``graphopt-int8-smoothquant`` — ``graphopt-int8`` with the opt-in SmoothQuant (``--smoothquant``);
 * ``graphopt-int8-only-range-choice`` / ``-only-equalization`` / ``-only-bias-correction`` — ``graphopt-int8-before``
   plus that one recogniser method; ``graphopt-int8-recogniser-methods`` — plus all three (the ablation);
+  ``graphopt-int8-no-gelu-fusion`` — ``graphopt-int8`` with the five-node GELUs left as they are;
 * ``ort-int8-default`` — ``onnxruntime.quantization.quantize_static(model, out, reader)``, every option at
   its default (QDQ, QInt8 activations and weights, per-tensor, MinMax), on the model as given;
 * ``ort-int8-tuned`` — the fastest accurate settings found by hand for this CPU (x86 with AVX-512 VNNI),
@@ -183,6 +184,7 @@ for _method in _RECOGNISER_METHODS:  # each recogniser method alone, the others 
     _int8_ablation(f"only-{_method.replace('_', '-')}",
                    {**GRAPHOPT_INT8_BEFORE_ISSUE12, **{m: m == _method for m in _RECOGNISER_METHODS}})
 _int8_ablation("recogniser-methods", {**GRAPHOPT_INT8_BEFORE_ISSUE12, **dict.fromkeys(_RECOGNISER_METHODS, True)})
+_int8_ablation("no-gelu-fusion", {"gelu_fusion": False})
 
 
 @variant("graphopt-int8-before", "int8", "graphopt")
