@@ -34,8 +34,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from graphopt import large
 from graphopt.calibration import stream_tensors
 from graphopt.data import DataSet
+from graphopt.passes.int8.equalization import initializer_array
 from graphopt.passes.int8.scheme import graph_links
 from graphopt.passes.int8.smoothquant import _new_initializer, _unique, _unique_node
 
@@ -116,6 +118,17 @@ def _targets(quantized: onnx.ModelProto, float_model: onnx.ModelProto, layers: I
     return found
 
 
+def _same_tensor(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], tensor: onnx.TensorProto) -> str:
+    """A copy of ``tensor`` under a new name in ``graph``: a weight detached in graphopt's store (large models)
+    stays a placeholder of the same bytes, nothing is copied into the proto."""
+    name = _unique(graph, f"{PREFIX}_{tensor.name}")
+    copy = graph.initializer.add()
+    copy.CopyFrom(tensor)
+    copy.name = name
+    inits[name] = copy
+    return name
+
+
 def _reduce_mean(graph: onnx.GraphProto, opset: int, tensor: str, axes: list[int], out: str) -> onnx.NodeProto:
     if opset >= 18:
         axes_name = _unique(graph, out + "_axes")
@@ -127,8 +140,12 @@ def _reduce_mean(graph: onnx.GraphProto, opset: int, tensor: str, axes: list[int
 def measure_shifts(quantized: onnx.ModelProto, float_model: onnx.ModelProto, data: DataSet, layers: Iterable[str],
                    batch_size: int = 8) -> dict[str, LayerShift]:
     """Per layer (module docstring): its own output shift per channel, error and signal power."""
-    observer = onnx.ModelProto()
-    observer.CopyFrom(quantized)
+    store = large.active_store()
+    if store is not None and large.placeholders(float_model):  # a large model: the quantizer's proto holds the
+        observer = large.detach(large.from_proto(quantized), store)  # quantized weights, the skeleton does not
+    else:
+        observer = onnx.ModelProto()
+        observer.CopyFrom(quantized)
     graph = observer.graph
     inits = {i.name: i for i in float_model.graph.initializer}
     targets = _targets(observer, float_model, layers)
@@ -148,16 +165,13 @@ def measure_shifts(quantized: onnx.ModelProto, float_model: onnx.ModelProto, dat
             # onnxruntime's quantizer drops a Relu / Clip after a Conv (the output range does its clipping) and
             # the Conv writes the activation's name: apply it again for the float twin
             fused = _unique(graph, f"{PREFIX}_{target.name}_act")
-            extra = [_new_initializer(graph, graph_inits, f"{PREFIX}_{name}", numpy_helper.to_array(inits[name]))
-                     if name else "" for name in before.input[1:]]
+            extra = [_same_tensor(graph, graph_inits, inits[name]) if name else "" for name in before.input[1:]]
             again = helper.make_node(before.op_type, [activation, *extra], [fused], name=_unique_node(graph, fused))
             again.attribute.extend(before.attribute)
             graph.node.append(again)
             activation = fused
         inputs = [activation]
-        for name in original.input[1:]:
-            inputs.append(_new_initializer(graph, graph_inits, f"{PREFIX}_{name}",
-                                           numpy_helper.to_array(inits[name])) if name else "")
+        inputs += [_same_tensor(graph, graph_inits, inits[name]) if name else "" for name in original.input[1:]]
         reference = _unique(graph, f"{PREFIX}_{target.name}_ref")
         twin = helper.make_node(original.op_type, inputs, [reference], name=_unique_node(graph, f"{PREFIX}_{target.name}"))
         twin.attribute.extend(original.attribute)
@@ -225,7 +239,7 @@ def apply_shifts(float_model: onnx.ModelProto, shifts: dict[str, LayerShift]) ->
             if beta == 0:
                 continue
             if len(node.input) > 2 and node.input[2]:
-                bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+                bias = initializer_array(inits[node.input[2]]).astype(np.float32)
                 if bias.size not in (1, channels):
                     continue
                 new = np.broadcast_to(bias.reshape(-1), (channels,)) - shift / beta
@@ -242,7 +256,7 @@ def apply_shifts(float_model: onnx.ModelProto, shifts: dict[str, LayerShift]) ->
             if found is None:
                 continue
             add, index = found
-            const = numpy_helper.to_array(inits[add.input[index]]).astype(np.float32)
+            const = initializer_array(inits[add.input[index]]).astype(np.float32)
             add.input[index] = _new_initializer(graph, inits, add.input[index] + "_bc",
                                                 (const.reshape(-1) - shift).reshape(const.shape))
             corrected.append(node.name)

@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graphopt import large
 from graphopt.passes.int8.scheme import Int8Scheme, graph_links
 from graphopt.passes.int8.smoothquant import _new_initializer
 
@@ -87,6 +88,17 @@ class EqualizationResult:
                             "sqnr_after_db": [round(v, 2) for v in p.sqnr_after_db],
                             "channel_range_spread_before": round(p.spread_before, 1),
                             "channel_range_spread_after": round(p.spread_after, 1)} for p in self.pairs]}
+
+
+def initializer_array(init: onnx.TensorProto) -> np.ndarray:
+    """The values of ``init``, also when its bytes are detached in graphopt's weight store (large models,
+    :mod:`graphopt.large`): a copy of that one tensor gets its bytes injected, the model is left as it is."""
+    if init.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(init)
+    holder = onnx.ModelProto()
+    holder.graph.initializer.add().CopyFrom(init)
+    large.inject(holder, {init.name})
+    return numpy_helper.to_array(holder.graph.initializer[0])
 
 
 def _attribute(node: onnx.NodeProto, name: str, default):
@@ -198,9 +210,9 @@ def equalize(model: onnx.ModelProto, scheme: Int8Scheme, nodes: Iterable[str] | 
     biases: dict[str, np.ndarray] = {}
     for pair in pairs:
         for node in (pair.first, pair.second):
-            weights[node.name] = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+            weights[node.name] = initializer_array(inits[node.input[1]]).astype(np.float64)
             if len(node.input) > 2 and node.input[2]:
-                biases[node.name] = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+                biases[node.name] = initializer_array(inits[node.input[2]]).astype(np.float64)
     original = {name: w.copy() for name, w in weights.items()}
     sweeps = 0
     for sweeps in range(1, MAX_SWEEPS + 1):  # noqa: B007 - reported
