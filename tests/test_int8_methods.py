@@ -279,3 +279,20 @@ def test_cli_refuses_the_method_flags_without_int8(tmp_path):
     result = CliRunner().invoke(main, ["optimize", str(model_path), "-o", str(tmp_path / "out.onnx"),
                                        "--no-bias-correction"])
     assert result.exit_code != 0 and "--int8" in result.output
+
+
+def test_bias_correction_leaves_a_gemm_whose_bias_is_an_activation():
+    """Gemm(x, W, m) with ``m`` computed at run time (simplify fuses MatMul + Add so): no bias to fold into."""
+    nodes = [helper.make_node("ReduceMean", ["y"], ["m"], axes=[0], keepdims=1, name="mean"),
+             helper.make_node("Gemm", ["x", "w", "m"], ["out"], name="gemm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16]),
+                                           helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 8])],
+                              [_init("w", RNG.standard_normal((16, 8)))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    data = DataSet({"x": RNG.standard_normal((32, 4, 16)).astype(np.float32),
+                    "y": RNG.standard_normal((32, 2, 8)).astype(np.float32)})
+    result = graphopt.optimize(model, passes=[Int8Pass(Int8Options())], calib_data=data, target=NO_VNNI, cache=False)
+    report = next(m for m in result.report.rows[-1].stats["methods"] if m["method"] == "bias-correction")
+    assert report["layers"] == []

@@ -96,8 +96,8 @@ def _targets(quantized: onnx.ModelProto, float_model: onnx.ModelProto, layers: I
         if node.name not in wanted or node.op_type not in CORRECTED_OPS or node.name not in float_nodes:
             continue
         original = float_nodes[node.name]
-        if len(original.input) < 2 or original.input[1] not in inits:
-            continue
+        if len(original.input) < 2 or any(name and name not in inits for name in original.input[1:]):
+            continue  # a weight or bias computed at run time (e.g. a Gemm adding an activation): not a layer bias
         if node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
             continue
         dq = producers.get(node.input[0])
@@ -239,6 +239,8 @@ def apply_shifts(float_model: onnx.ModelProto, shifts: dict[str, LayerShift]) ->
             if beta == 0:
                 continue
             if len(node.input) > 2 and node.input[2]:
+                if node.input[2] not in inits:
+                    continue
                 bias = initializer_array(inits[node.input[2]]).astype(np.float32)
                 if bias.size not in (1, channels):
                     continue

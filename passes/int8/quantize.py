@@ -5,12 +5,12 @@ Steps:
 2. choose the scheme for the target (:mod:`graphopt.passes.int8.scheme`) and the nodes it
    quantizes (minus ``exclude_nodes`` / ``exclude_op_types``; on a CPU without VNNI minus the
    activation×activation MatMuls, :mod:`graphopt.passes.int8.attention_float`);
-   then, on the float graph, (``cpu``) write exact GELUs as one ``Gelu`` node
-   (:mod:`graphopt.passes.int8.gelu_fusion`), equalize consecutive Conv pairs exactly (cross-layer equalization,
+   then, on the float graph, equalize consecutive Conv pairs exactly (cross-layer equalization,
    :mod:`graphopt.passes.int8.equalization`) and, checked by measured SQNR, split the massive outlier
    input channels of low-resolution layers off into a small float MatMul
    (:mod:`graphopt.passes.int8.outlier_split`) and (opt-in) migrate activation outliers into the weights
-   (:mod:`graphopt.passes.int8.smoothquant`); each method is reported under ``stats["methods"]``;
+   (:mod:`graphopt.passes.int8.smoothquant`), and (``cpu``) write exact GELUs as one ``Gelu`` node
+   (:mod:`graphopt.passes.int8.gelu_fusion`); each method is reported under ``stats["methods"]``;
 3. calibrate the tensors those nodes read and write, streaming, one model run per batch
    (:mod:`graphopt.passes.int8.calibration`); warn on fewer than 32 samples or unsettled ranges;
    unless a method is given, give each tensor the candidate range with the lowest measured error
@@ -164,9 +164,6 @@ class Int8Pass(GraphoptPass):
         if unknown:
             raise InputError(f"--exclude-nodes: no node named {', '.join(map(repr, unknown))} in the model")
         methods: list[dict] = []
-        if options.gelu_fusion and scheme.target == "cpu":  # exact; before anything reads the graph's nodes
-            proto, fused, why = gelu_fusion.fuse_gelus(proto)
-            methods.append(gelu_fusion.report(fused, why))
         nodes = quantizable_nodes(proto, scheme, options.exclude_nodes, options.exclude_op_types)
         if not any(n.name in set(nodes) and n.op_type in WEIGHTED_OPS for n in proto.graph.node):
             raise PreconditionFailed("nothing left to quantize: every weighted layer is excluded")
@@ -188,6 +185,10 @@ class Int8Pass(GraphoptPass):
                                    batch_size=options.calib_batch_size)
             proto = prepared.model
             methods += prepared.reports(smooth=options.smoothquant, split=options.outlier_split)
+        if options.gelu_fusion and scheme.target == "cpu":
+            # exact; after SmoothQuant, which folds its 1/s into GELU's ×0.5 (a vector then: left unfused)
+            proto, fused, why = gelu_fusion.fuse_gelus(proto)
+            methods.append(gelu_fusion.report(fused, why))
         tensors = tensors_to_calibrate(proto, nodes)
         choose = options.range_choice and options.calib_method is None
         calib = calibrate(proto, data, tensors, method, batch_size=options.calib_batch_size,
