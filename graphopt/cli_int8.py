@@ -27,12 +27,23 @@ OPTIONS = [
                       "channels in float."),
     click.option("--no-float-attention", is_flag=True,
                  help="int8: quantize activation×activation MatMuls even on a CPU without VNNI (slower there)."),
+    click.option("--no-range-choice", is_flag=True,
+                 help="int8: keep the calibration method's range for every activation instead of choosing, per "
+                      "tensor, the candidate range with the lowest measured quantization error."),
+    click.option("--no-equalization", is_flag=True,
+                 help="int8: no cross-layer equalization of Conv → (ReLU/none) → Conv pairs before calibrating."),
+    click.option("--no-bias-correction", is_flag=True,
+                 help="int8: do not fold each quantized layer's measured output-mean shift into its bias."),
+    click.option("--no-gelu-fusion", is_flag=True,
+                 help="int8 (cpu): keep five-node GELUs as they are instead of one ONNX Gelu node (opset 20), "
+                      "which onnxruntime runs as one kernel in a quantized graph."),
     click.option("--keep-best", is_flag=True,
                  help="Write the best int8 model found even when --max-accuracy-drop is missed (exit code stays 1)."),
 ]
 
 _INT8_ONLY = ("calib_method", "calib_samples", "calib_random", "exclude_nodes", "exclude_op_types", "keep_best",
-              "smoothquant", "no_outlier_split", "no_float_attention")
+              "smoothquant", "no_outlier_split", "no_float_attention", "no_range_choice", "no_equalization",
+              "no_bias_correction", "no_gelu_fusion")
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -63,4 +74,8 @@ def build_pass(params: dict):
         smoothquant=bool(params.get("smoothquant")),
         outlier_split=not params.get("no_outlier_split"),
         float_attention_matmuls=not params.get("no_float_attention"),
+        range_choice=not params.get("no_range_choice"),
+        equalization=not params.get("no_equalization"),
+        bias_correction=not params.get("no_bias_correction"),
+        gelu_fusion=not params.get("no_gelu_fusion"),
     ))

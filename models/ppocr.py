@@ -18,14 +18,18 @@ Data (scikit-image's bundled pictures, :mod:`models.images`):
 
 * det — 32 calib / 16 eval crops of 320 x 320: half from ``page`` and ``text`` (photographs of printed and
   handwritten text), half from the natural photographs;
-* rec — 256 calib / 128 eval single text lines cut from ``page`` at random widths and offsets. The eval
-  set was 32 lines until the int8 per-position agreement had to be judged against a 98 % goal: over
-  32 lines (1280 positions, but errors cluster by line: one hard line held 11 of 34 flips) the
-  figure moved by about ±0.5 points with the line sample; 128 lines (the first 32 are the old ones)
-  narrow that by half. The calib set was 64 lines, on which the int8 pass warned that its ranges
-  had not settled (one moved 10 % over the last quarter); on 256 (the first 64 are the old ones) int8
-  keeps the decoded text of 95.3 % of the eval lines instead of 90.6 % (per-position agreement
-  98.26 % instead of 98.03 %). Data files of another size are rebuilt.
+* rec — 256 calib / 256 eval labelled text lines rendered here (:mod:`models.text_lines`: DejaVu fonts from
+  the matplotlib wheel, document-like words and numbers from the recogniser's own dictionary), preprocessed
+  as above; the texts are stored next to the data, one per line (``ppocr_rec_calib.txt``,
+  ``ppocr_rec_eval.txt``), so a rewritten model is judged by its character error rate against the ground
+  truth, not only by agreement with fp32. These replaced 128 eval lines cut from ``skimage.data.page()``,
+  which had no ground truth: errors of fp32 itself were invisible, and agreement counted every flip alike.
+  256 eval lines hold about 2,900 characters. The set is noisy: the character error rate of fp32 itself
+  was 2.2 % on these lines and 0.9 % on 1,024 lines of another seed (a few hard lines — small,
+  low-contrast text — weigh a lot), so compare variants on the same lines only. 512 lines would halve
+  the noise, but the recogniser's outputs (T=40 × 18,710 classes per line, 1.5 GB per variant at 512)
+  made ``tools/bench.py`` hold more memory than this 23 GB machine has. Data files of another size, or
+  without their labels, are rebuilt.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ REC_FILE = "PP-OCRv6_rec_small.onnx"
 DET_SIZE = 320
 DET_CALIB, DET_EVAL = 32, 16
 REC_HEIGHT, REC_WIDTH = 48, 320
-REC_CALIB, REC_EVAL = 256, 128
+REC_CALIB, REC_EVAL = 256, 256
 
 
 def package_model(filename: str) -> Path:
@@ -121,10 +125,26 @@ def _holds(path: Path, samples: int) -> bool:
         return "x" in data and len(data["x"]) == samples
 
 
+def _write_lines(path: Path, count: int, seed: int) -> None:
+    from models.text_lines import labels_path, text_lines
+
+    inputs, labels = text_lines(count, seed)
+    write_bytes_atomic(labels_path(path), "".join(f"{text}\n" for text in labels).encode("utf-8"))
+    write_npz(path, {"x": inputs})
+
+
+def _labelled(path: Path, samples: int) -> bool:
+    from models.text_lines import read_labels
+
+    labels = read_labels(path)
+    return _holds(path, samples) and labels is not None and len(labels) == samples
+
+
 def rec_data(out_dir: Path) -> tuple[Path, Path]:
+    """Labelled text lines (module docstring); ``<file>.txt`` next to each ``.npz`` holds the texts."""
     calib_path, eval_path = npz_paths(out_dir, "ppocr_rec")
-    if not _holds(calib_path, REC_CALIB):
-        write_npz(calib_path, {"x": rec_images(REC_CALIB, seed=SEED + 1)})
-    if not _holds(eval_path, REC_EVAL):
-        write_npz(eval_path, {"x": rec_images(REC_EVAL, seed=SEED + 2)})
+    if not _labelled(calib_path, REC_CALIB):
+        _write_lines(calib_path, REC_CALIB, seed=SEED + 1)
+    if not _labelled(eval_path, REC_EVAL):
+        _write_lines(eval_path, REC_EVAL, seed=SEED + 2)
     return calib_path, eval_path

@@ -169,3 +169,40 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     assert "| onnxsim |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown variant"):
         bench.main(["--variants", "nope", "--out", str(tmp_path)])
+
+
+def test_threads_list_times_every_variant_at_each_count(tiny_case, tmp_path):
+    section = bench.bench_model(tiny_case, ["fp32", "onnxsim"], tmp_path, runs=2, warmup=1, threads=[1, 2])
+    for row in section["rows"]:
+        assert set(row["latency"]) == {"1", "2"} and row["latency_ms"] == row["latency"]["1"]["ms"]
+    assert section["rows"][0]["latency"]["2"]["ratio"] == 1.0
+    meta = {"date": "d", "machine": {"processor": "p", "cpus": 2}, "versions": {}, "threads": [1, 2], "batch": 1,
+            "runs": 2, "warmup": 1}
+    markdown = bench.render_markdown({"meta": meta, "models": {"tiny": section}})
+    assert "× (1 thr)" in markdown and "× (2 thr)" in markdown
+    assert bench._thread_list("1,2,1") == [1, 2]
+
+
+def test_text_columns_show_cer_and_agreement_with_fp32():
+    row = {"variant": "v", "status": "ok", "file_bytes": 1e6, "size_ratio": 1.0, "latency_ms": 2.0, "latency_ratio": 1.0,
+           "quality": {"metric": "argmax-agreement", "value": 0.99, "drop_points": 1.0, "relative_error": 0.1,
+                       "finite": True, "per_output": {}},
+           "text": {"cer": 0.0426, "text_equals_fp32": 0.953, "lines": 512},
+           "nodes": 3, "casts_added": 0, "convert_s": 1.0}
+    header = bench._header([1], texts=True)
+    cells = dict(zip(header, bench._table_row(row, [1], texts=True)))
+    assert cells["CER %"] == "4.26" and cells["text = fp32"] == "95.3%"
+    assert len(bench._table_row(row, [1], texts=True)) == len(header)
+
+
+def test_ort_tuned_upgrades_an_old_opset_first(tmp_path):
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+                               [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]),
+        opset_imports=[onnx.helper.make_opsetid("", 11)])
+    old, new = tmp_path / "old.onnx", tmp_path / "new.onnx"
+    onnx.save(model, old)
+    path, note = bench._ort_opset13(old, new)
+    assert path == new and "opset 11" in note and onnx.load(str(new)).opset_import[0].version == 13
+    assert bench._ort_opset13(new, tmp_path / "again.onnx") == (new, None)

@@ -1,12 +1,12 @@
 """graphopt benchmark: every reference model × every variant, measured side by side in one run.
 
     python tools/bench.py [--models digits-cnn,resnet18-224] [--variants fp32,onnxsim,ort-int8-tuned]
-                          [--runs 20] [--warmup 5] [--threads 2] [--batch 1] [--out bench_results/] [--keep-models]
+                          [--runs 20] [--warmup 5] [--threads 1,2] [--batch 1] [--out bench_results/] [--keep-models]
     python tools/bench.py --list
 
 For each model (``models/registry.py``; on-demand models are built on first use) and each variant it records:
 file size and its ratio to fp32, ONNX Runtime CPU latency at batch ``--batch`` (default 1; the first samples of the eval data) with ``--threads`` intra-op threads
-(median of ``--runs`` runs after ``--warmup`` warm-up runs, all variants of a model interleaved round-robin,
+(one count or a list: each variant is converted and evaluated once and timed at every count; median of ``--runs`` runs after ``--warmup`` warm-up runs, all variants of a model interleaved round-robin,
 see ``tools/bench_lib.py``) and its ratio to fp32, the model's quality check on its eval data (accuracy with
 labels, or cosine / argmax agreement against the fp32 outputs; NaN when an output is not finite), node count,
 Cast nodes added, and conversion time. It writes ``<out>/bench.json`` and ``<out>/bench.md`` and prints the
@@ -19,12 +19,17 @@ Variants (``VARIANTS``; a later issue adds one with :func:`variant`). A variant 
 * ``graphopt-simplify`` / ``onnxsim`` — graphopt's simplify pass, and onnxsim alone;
 * ``graphopt-int8`` — graphopt passes ``simplify, int8``, target cpu, with the model's calib and eval data;
 * ``graphopt-int8-before`` — the same with the methods of issue 12 turned off
-  (:data:`GRAPHOPT_INT8_BEFORE_ISSUE12`: SmoothQuant, the outlier split, float attention MatMuls);
+  (:data:`GRAPHOPT_INT8_BEFORE_ISSUE12`: SmoothQuant, the outlier split, float attention MatMuls, the range
+  choice, cross-layer equalization, bias correction, the GELU fusion);
 * ``graphopt-int8-smoothquant`` — ``graphopt-int8`` with the opt-in SmoothQuant (``--smoothquant``);
+* ``graphopt-int8-only-range-choice`` / ``-only-equalization`` / ``-only-bias-correction`` — ``graphopt-int8-before``
+  plus that one recogniser method; ``graphopt-int8-recogniser-methods`` — plus all three (the ablation);
+  ``graphopt-int8-no-gelu-fusion`` — ``graphopt-int8`` with the five-node GELUs left as they are;
 * ``ort-int8-default`` — ``onnxruntime.quantization.quantize_static(model, out, reader)``, every option at
   its default (QDQ, QInt8 activations and weights, per-tensor, MinMax), on the model as given;
 * ``ort-int8-tuned`` — the fastest accurate settings found by hand for this CPU (x86 with AVX-512 VNNI),
-  see :data:`ORT_TUNED`; its Percentile calibrator gets the first :data:`ORT_HISTOGRAM_CALIB_SAMPLES` samples;
+  see :data:`ORT_TUNED`, per model where another was better (:data:`ORT_TUNED_PER_MODEL`); a model below
+  opset 13 is upgraded first (per-channel weights need it); its Percentile calibrator gets the first :data:`ORT_HISTOGRAM_CALIB_SAMPLES` samples;
 * ``ort-int8-dynamic`` — ``onnxruntime.quantization.quantize_dynamic(model, out)``, defaults (no calibration);
 * ``occ-fp16`` — onnxconverter-common ``convert_float_to_float16(keep_io_types=True)``;
 * ``occ-fp16-mixed`` — onnxconverter-common ``auto_convert_mixed_precision`` (keep_io_types, rtol 0.01,
@@ -34,6 +39,9 @@ Variants (``VARIANTS``; a later issue adds one with :func:`variant`). A variant 
   ``graphopt-prune-0.5+int8`` adds ``int8``; ``graphopt-unstructured-0.5`` / ``-0.8`` (``-sparse``: stored as
   sparse initializers) and ``graphopt-2:4`` — the other prune modes (``tools/bench_prune.py`` makes the
   pruning tables from these).
+
+Models with ground-truth texts (:data:`TEXT_DECODERS`: ``ppocr-rec``) also get the character error rate of
+each variant's decoded text ("CER %") and the share of lines decoded exactly as fp32 ("text = fp32").
 
 Calibration for the ORT peers streams the model's calib file one sample at a time.
 """
@@ -54,7 +62,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,8 +164,27 @@ def _graphopt_int8(case: Case, out: Path) -> Converted:
     return _graphopt(case, out, {"passes": ["simplify", "int8"]})
 
 
-GRAPHOPT_INT8_BEFORE_ISSUE12 = {"smoothquant": False, "outlier_split": False, "float_attention_matmuls": False}
+GRAPHOPT_INT8_BEFORE_ISSUE12 = {"smoothquant": False, "outlier_split": False, "float_attention_matmuls": False,
+                                "range_choice": False, "equalization": False, "bias_correction": False,
+                                "gelu_fusion": False}
 """The int8 options that turn off every method issue 12 added (what ``main`` ran before it)."""
+
+
+def _int8_ablation(name: str, options: dict) -> None:
+    """Register ``graphopt-int8-<name>``: graphopt int8 with ``options`` (the issue-12 method ablation)."""
+    def convert(case: Case, out: Path) -> Converted:
+        _require_pass("int8")
+        return _graphopt(case, out, {"passes": ["simplify", {"int8": options}]})
+
+    variant(f"graphopt-int8-{name}", "int8", "graphopt")(convert)
+
+
+_RECOGNISER_METHODS = ("range_choice", "equalization", "bias_correction")
+for _method in _RECOGNISER_METHODS:  # each recogniser method alone, the others off
+    _int8_ablation(f"only-{_method.replace('_', '-')}",
+                   {**GRAPHOPT_INT8_BEFORE_ISSUE12, **{m: m == _method for m in _RECOGNISER_METHODS}})
+_int8_ablation("recogniser-methods", {**GRAPHOPT_INT8_BEFORE_ISSUE12, **dict.fromkeys(_RECOGNISER_METHODS, True)})
+_int8_ablation("no-gelu-fusion", {"gelu_fusion": False})
 
 
 @variant("graphopt-int8-before", "int8", "graphopt")
@@ -225,32 +252,59 @@ activation values gives the 8 bits to the range that matters.
 """
 
 
+ORT_TUNED_PER_MODEL = {
+    "ppocr-rec": {**ORT_TUNED, "calibrate_method": "Entropy", "extra_options": {}},
+}
+"""Models whose best hand-tuned ``quantize_static`` settings differ from :data:`ORT_TUNED`.
+
+``ppocr-rec``: Entropy calibration (u8 activations, s8 per-channel weights, pre-processed, QDQ), the best of
+the ORT settings tried on the PP-OCRv6 recogniser in an earlier round of issue 12 (character error rate
+9.76 % there against 20.3 % with the defaults); per-channel weights need opset ≥ 13, so the model (opset
+11) is upgraded first (:func:`_ort_opset13`)."""
+
+
+def _ort_opset13(model: Path, out: Path) -> tuple[Path, str | None]:
+    """``model`` upgraded to opset 13 with onnx's version converter when it is older (ORT's quantizer writes
+    per-channel ``DequantizeLinear(axis=…)``, which opset < 13 lacks); the model as given otherwise."""
+    import onnx.version_converter
+
+    proto = onnx.load(str(model))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset >= 13:
+        return model, None
+    onnx.save(onnx.version_converter.convert_version(proto, 13), str(out))
+    return out, f"upgraded from opset {opset} to 13 first"
+
+
 @variant("ort-int8-tuned", "int8", "onnxruntime")
 def _ort_int8_tuned(case: Case, out: Path) -> Converted:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    source, note = _ort_pre_process(case.model, out.with_name(out.stem + ".pre.onnx"))
+    tuned = ORT_TUNED_PER_MODEL.get(case.name, ORT_TUNED)
+    given, upgraded = _ort_opset13(case.model, out.with_name(out.stem + ".opset13.onnx"))
+    source, note = _ort_pre_process(given, out.with_name(out.stem + ".pre.onnx"))
     options = dict(
-        quant_format=QuantFormat[ORT_TUNED["quant_format"]],
-        activation_type=QuantType[ORT_TUNED["activation_type"]],
-        weight_type=QuantType[ORT_TUNED["weight_type"]],
-        per_channel=ORT_TUNED["per_channel"],
-        reduce_range=ORT_TUNED["reduce_range"],
-        calibrate_method=CalibrationMethod[ORT_TUNED["calibrate_method"]],
+        quant_format=QuantFormat[tuned["quant_format"]],
+        activation_type=QuantType[tuned["activation_type"]],
+        weight_type=QuantType[tuned["weight_type"]],
+        per_channel=tuned["per_channel"],
+        reduce_range=tuned["reduce_range"],
+        calibrate_method=CalibrationMethod[tuned["calibrate_method"]],
     )
     try:
         quantize_static(str(source), str(out), _calibration_reader(case, ORT_HISTOGRAM_CALIB_SAMPLES),
-                        extra_options=dict(ORT_TUNED["extra_options"]), **options)
+                        extra_options=dict(tuned["extra_options"]), **options)
         build_engine(onnx.load(str(out)))
     except Exception as exc:  # e.g. ORT's fp32 fusions leave a graph its quantizer turns invalid
-        if source == case.model:
+        if source == given:
             raise
         note = f"quantizing the pre-processed model failed ({first_line(exc)}); quantized the model as given"
-        quantize_static(str(case.model), str(out), _calibration_reader(case, ORT_HISTOGRAM_CALIB_SAMPLES),
-                        extra_options=dict(ORT_TUNED["extra_options"]), **options)
-    details = {"options": ORT_TUNED, "calib_samples": f"first {ORT_HISTOGRAM_CALIB_SAMPLES} (ORT keeps them all in memory)"}
-    if note:
-        details["note"] = note
+        quantize_static(str(given), str(out), _calibration_reader(case, ORT_HISTOGRAM_CALIB_SAMPLES),
+                        extra_options=dict(tuned["extra_options"]), **options)
+    details = {"options": tuned, "calib_samples": f"first {ORT_HISTOGRAM_CALIB_SAMPLES} (ORT keeps them all in memory)"}
+    notes = [n for n in (upgraded, note) if n]
+    if notes:
+        details["note"] = "; ".join(notes)
     return Converted(out, details)
 
 
@@ -405,15 +459,22 @@ def load_case(name: str) -> Case:
 
 
 def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, warmup: int,
-                threads: int, batch: int = 1) -> dict:
-    """Convert, evaluate and time every variant of one model; returns its JSON section."""
+                threads: int | Sequence[int], batch: int = 1) -> dict:
+    """Convert, evaluate and time every variant of one model; returns its JSON section.
+
+    ``threads``: one intra-op thread count or several. Each variant is converted and evaluated once, then
+    timed once per count (``latency[count]``; ``latency_ms`` and ``latency_ratio`` hold the first count)."""
     from tools.bench_lib import feeds_for
 
+    thread_counts = [threads] if isinstance(threads, int) else list(threads)
+    threads = thread_counts[0]
     evaluation = load_data(case.eval)
+    texts = _text_labels(case)
     names = ["fp32", *[v for v in variant_names if v != "fp32"]]
     rows: dict[str, dict] = {}
     engines = {}
-    outputs: dict[str, dict[str, np.ndarray]] = {}
+    reference: dict[str, np.ndarray] = {}
+    paths: dict[str, Path] = {}
     for name in names:
         spec = VARIANTS[name]
         row = {"variant": name, "family": spec.family, "tool": spec.tool, "status": "ok"}
@@ -425,6 +486,7 @@ def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, 
                 converted = spec.convert(case, workdir / f"{name}.onnx")
             row["convert_s"] = 0.0 if name == "fp32" else time.perf_counter() - started
             row["details"] = converted.details
+            paths[name] = converted.path
             facts = graph_facts(converted.path)
             row.update(file_bytes=facts.file_bytes, nodes=facts.nodes, casts=facts.casts, op_counts=facts.op_counts)
             try:
@@ -436,7 +498,10 @@ def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, 
                 checked = "; ".join(r["metric"] for r in converted.details.get("passes", []) if r.get("metric"))
                 raise Skip(f"ORT CPU cannot run it ({first_line(exc)}); graphopt's emulated check: {checked}") from exc
             row["providers"] = engine.providers
-            outputs[name] = _run_eval(engine, evaluation, feeds_for)
+            got = _run_eval(engine, evaluation, feeds_for)
+            if name == "fp32":
+                reference = got
+            _judge(case, row, reference, got, evaluation, texts)  # then drop the outputs: only fp32's are kept
             engines[name] = engine
         except Skip as exc:
             row.update(status="skipped", reason=str(exc))
@@ -450,33 +515,72 @@ def bench_model(case: Case, variant_names: list[str], workdir: Path, runs: int, 
     if "fp32" not in engines:
         raise RuntimeError(f"{case.name}: the fp32 model itself does not run: {rows['fp32'].get('reason')}")
 
-    reference = outputs["fp32"]
-    for name in engines:
-        try:
-            rows[name]["quality"] = measure_quality(case.check, reference, outputs[name], evaluation.labels).to_dict()
-        except ValueError as exc:
-            rows[name].update(status="error", reason=f"quality: {first_line(exc)}")
 
     one = evaluation.take(batch).inputs
-    runners = {}
-    for name, engine in engines.items():
-        feeds = feeds_for(engine.session, one)
-        runners[name] = (lambda session, f: lambda: session.run(None, f))(engine.session, feeds)
-    _progress(f"  {case.name}: timing {len(runners)} variants × {runs} interleaved runs")
-    timings = interleaved_latency(runners, runs=runs, warmup=warmup)
-    base_ms = median_ms(timings["fp32"])
+    for count in thread_counts:
+        if count != threads:  # the sessions of the first count served the evaluation too
+            engines = {name: build_engine(onnx.load(str(paths[name])), threads=count, spinning=False)
+                       for name in engines}
+        runners = {}
+        for name, engine in engines.items():
+            feeds = feeds_for(engine.session, one)
+            runners[name] = (lambda session, f: lambda: session.run(None, f))(engine.session, feeds)
+        _progress(f"  {case.name}: timing {len(runners)} variants × {runs} interleaved runs, {count} thread(s)")
+        timings = interleaved_latency(runners, runs=runs, warmup=warmup)
+        base_ms = median_ms(timings["fp32"])
+        for name, seconds in timings.items():
+            rows[name].setdefault("latency", {})[str(count)] = {
+                "ms": median_ms(seconds), "ratio": median_ms(seconds) / base_ms,
+                "runs_ms": [round(1e3 * s, 4) for s in seconds]}
     base = rows["fp32"]
-    for name, seconds in timings.items():
-        row = rows[name]
-        row["latency_ms"] = median_ms(seconds)
-        row["latency_ratio"] = row["latency_ms"] / base_ms
-        row["latency_runs_ms"] = [round(1e3 * s, 4) for s in seconds]
+    for row in rows.values():
+        first = row.get("latency", {}).get(str(threads))
+        if first is not None:
+            row["latency_ms"], row["latency_ratio"], row["latency_runs_ms"] = first["ms"], first["ratio"], first["runs_ms"]
     for row in rows.values():
         if "file_bytes" in row:
             row["size_ratio"] = row["file_bytes"] / base["file_bytes"]
             row["casts_added"] = row["casts"] - base["casts"]
     return {"check": case.check, "model": str(case.model), "eval": str(case.eval), "eval_samples": len(evaluation),
             "rows": [rows[n] for n in names]}
+
+
+def _judge(case: Case, row: dict, reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+           evaluation: DataSet, texts: list[str] | None) -> None:
+    """Quality of one variant's eval outputs against fp32's (and against the texts, when the model has them)."""
+    try:
+        row["quality"] = measure_quality(case.check, reference, outputs, evaluation.labels).to_dict()
+    except ValueError as exc:
+        row.update(status="error", reason=f"quality: {first_line(exc)}")
+    if texts is not None:
+        row["text"] = _text_quality(case.name, texts, reference, outputs)
+
+
+TEXT_DECODERS = {"ppocr-rec": "models.text_lines"}
+"""Models whose eval data carry ground-truth texts (``<eval>.txt`` next to the ``.npz``) → the module that
+decodes their outputs (``decode(scores) -> list[str]``) and scores them (``character_error_rate``)."""
+
+
+def _text_labels(case: Case) -> list[str] | None:
+    if case.name not in TEXT_DECODERS:
+        return None
+    from models.text_lines import read_labels
+
+    labels = read_labels(case.eval)
+    return labels if labels is not None and len(labels) == len(load_data(case.eval)) else None
+
+
+def _text_quality(model: str, labels: list[str], reference: dict[str, np.ndarray],
+                  candidate: dict[str, np.ndarray]) -> dict:
+    """Character error rate of the decoded texts against ``labels``, and the share of lines decoded exactly
+    as fp32 decodes them."""
+    import importlib
+
+    module = importlib.import_module(TEXT_DECODERS[model])
+    name = next(n for n, a in reference.items() if np.asarray(a).ndim == 3)
+    ref, got = module.decode(reference[name]), module.decode(candidate[name])
+    return {"cer": module.character_error_rate(labels, got),
+            "text_equals_fp32": float(np.mean([a == b for a, b in zip(ref, got)])), "lines": len(labels)}
 
 
 def _run_eval(engine, evaluation: DataSet, feeds_for) -> dict[str, np.ndarray]:
@@ -488,7 +592,7 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(model_names: list[str], variant_names: list[str], out: Path, runs: int, warmup: int, threads: int,
+def run(model_names: list[str], variant_names: list[str], out: Path, runs: int, warmup: int, threads: int | list[int],
         keep_models: bool, batch: int = 1) -> dict:
     import onnxruntime
 
@@ -529,29 +633,48 @@ HEADER = ["variant", "size MB", "size ×", "latency ms", "latency ×", "quality"
           "nodes", "Cast +", "convert s", "note"]
 
 
+def _thread_counts(meta: dict) -> list[int]:
+    threads = meta["threads"]
+    return [threads] if isinstance(threads, int) else list(threads)
+
+
 def render_markdown(result: dict) -> str:
     meta = result["meta"]
+    counts = _thread_counts(meta)
     parts = [
         "# graphopt benchmark",
         "",
         f"{meta['date']} · {meta['machine']['processor']} · {meta['machine']['cpus']} CPUs · onnxruntime "
         f"{meta['versions'].get('onnxruntime-gpu', meta['versions'].get('onnxruntime', '?'))} CPU provider, "
-        f"{meta['threads']} threads (no spin-wait), batch {meta['batch']} · latency = median of {meta['runs']} interleaved runs "
-        f"after {meta['warmup']} warm-up · ratios to fp32 of the same model in the same run",
+        f"{', '.join(map(str, counts))} thread(s) (no spin-wait), batch {meta['batch']} · latency = median of "
+        f"{meta['runs']} interleaved runs after {meta['warmup']} warm-up · ratios to fp32 of the same model in the same run",
     ]
     for model_name, section in result["models"].items():
         parts += ["", f"## {model_name}"]
         if section.get("status") == "skipped":
             parts += ["", f"skipped: {section['reason']}"]
             continue
-        parts += ["", f"check: {section['check']} on {section['eval_samples']} eval samples", ""]
-        parts.append(markdown_table(HEADER, [_table_row(row) for row in section["rows"]]))
+        texts = any("text" in row for row in section["rows"])
+        header = _header(counts, texts)
+        lines = next((row["text"]["lines"] for row in section["rows"] if "text" in row), None)
+        parts += ["", f"check: {section['check']} on {section['eval_samples']} eval samples"
+                  + (f"; CER = character error rate of the decoded text against the {lines} lines' ground truth, "
+                     "text = fp32: lines decoded exactly as fp32 decodes them" if texts else ""), ""]
+        parts.append(markdown_table(header, [_table_row(row, counts, texts) for row in section["rows"]]))
     return "\n".join(parts) + "\n"
 
 
-def _table_row(row: dict) -> list[str]:
+def _header(counts: list[int], texts: bool) -> list[str]:
+    latency = ["latency ms", "latency ×"] if len(counts) == 1 else \
+        [cell for count in counts for cell in (f"ms ({count} thr)", f"× ({count} thr)")]
+    return [*HEADER[:3], *latency, *HEADER[5:6], *(["CER %", "text = fp32"] if texts else []), *HEADER[6:]]
+
+
+def _table_row(row: dict, counts: list[int] | None = None, texts: bool = False) -> list[str]:
+    counts = counts or [0]
+    width = len(_header(counts, texts))
     if row["status"] != "ok" and "latency_ms" not in row:
-        return [row["variant"], *["–"] * (len(HEADER) - 2), f"{row['status']}: {_short(row.get('reason', ''))}"]
+        return [row["variant"], *["–"] * (width - 2), f"{row['status']}: {_short(row.get('reason', ''))}"]
     quality = row.get("quality") or {}
     value = quality.get("value")
     if value is None:
@@ -564,19 +687,31 @@ def _table_row(row: dict) -> list[str]:
     if len(outputs) > 1 and all(v is not None for _, v in outputs):  # show every output, not only the worst
         shown = ", ".join(f"{name} {format_number(v if quality['metric'] == 'cosine' else 100 * v, 5 if quality['metric'] == 'cosine' else 2)}"
                           for name, v in outputs)
-    texts = [m["ctc_text_match"] for m in quality.get("per_output", {}).values() if "ctc_text_match" in m]
-    if texts:
-        shown += f" (text {format_number(100 * min(texts), 2)}%)"
+    matches = [m["ctc_text_match"] for m in quality.get("per_output", {}).values() if "ctc_text_match" in m]
+    if matches and not texts:
+        shown += f" (text {format_number(100 * min(matches), 2)}%)"
     note = _short(row.get("reason", "")) if row["status"] != "ok" else ""
     if not note and quality and not quality.get("finite", True):
         note = "non-finite outputs"
+    if len(counts) == 1:
+        latency = [format_number(row["latency_ms"], 3 if row["latency_ms"] >= 1 else 4),
+                   format_number(row["latency_ratio"], 3)]
+    else:
+        latency = []
+        for count in counts:
+            timing = row.get("latency", {}).get(str(count))
+            latency += ["–", "–"] if timing is None else [
+                format_number(timing["ms"], 3 if timing["ms"] >= 1 else 4), format_number(timing["ratio"], 3)]
+    text = row.get("text")
+    text_cells = ([format_number(100 * text["cer"], 2), format_number(100 * text["text_equals_fp32"], 1) + "%"]
+                  if text else ["–", "–"]) if texts else []
     return [
         row["variant"],
         format_number(row["file_bytes"] / 1e6, 3),
         format_number(row["size_ratio"], 3),
-        format_number(row["latency_ms"], 3 if row["latency_ms"] >= 1 else 4),
-        format_number(row["latency_ratio"], 3),
+        *latency,
         f"{quality.get('metric', '')} {shown}".strip(),
+        *text_cells,
         format_number(quality.get("drop_points"), 2) if quality else "–",
         f"{quality['relative_error']:.2e}" if quality and math.isfinite(quality["relative_error"]) else "–",
         str(row["nodes"]),
@@ -621,7 +756,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", help=f"comma-separated (default: all: {', '.join(VARIANTS)})")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per variant (median; default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs per variant (default 5)")
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+    parser.add_argument("--threads", type=_thread_list, default=[2], metavar="N[,N…]",
+                        help="onnxruntime intra-op threads; a list (1,2) times every variant at each (default 2)")
     parser.add_argument("--batch", type=int, default=1, help="eval samples per timed run (default 1)")
     parser.add_argument("--out", type=Path, default=Path("bench_results"), help="output folder (default bench_results/)")
     parser.add_argument("--keep-models", action="store_true", help="keep the converted models in <out>/models/")
@@ -632,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         print("models:   " + ", ".join(REFERENCE_MODELS))
         print("variants: " + ", ".join(f"{v.name} ({v.family}, {v.tool})" for v in VARIANTS.values()))
         return 0
-    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.batch < 1:
+    if args.runs < 1 or args.warmup < 0 or min(args.threads) < 1 or args.batch < 1:
         parser.error("--runs, --threads and --batch must be ≥ 1, --warmup ≥ 0")
     models = _names(args.models, list(REFERENCE_MODELS), "model(s)")
     variants = _names(args.variants, list(VARIANTS), "variant(s)")
@@ -646,6 +782,16 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     _progress(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'} in {result['meta']['total_s']} s")
     return 0
+
+
+def _thread_list(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes integers separated by commas, got {text!r}") from None
+    if not counts:
+        raise argparse.ArgumentTypeError("--threads needs at least one count")
+    return list(dict.fromkeys(counts))
 
 
 def _json_safe(value):

@@ -2,7 +2,8 @@
 
 One module per step: :mod:`.scheme` (the Q/DQ layout for the target), :mod:`.calibration` (streaming
 ranges), :mod:`.smoothquant` / :mod:`.outlier_split` / :mod:`.attention_float` (transformer methods run
-before calibrating), :mod:`.fallback` (accuracy-aware layers kept in float), :mod:`.trt_check` (TensorRT
+before calibrating), :mod:`.equalization` (before calibrating), :mod:`.range_choice` (after it) and
+:mod:`.bias_correction` (after quantizing), :mod:`.fallback` (accuracy-aware layers kept in float), :mod:`.trt_check` (TensorRT
 deployability), and :mod:`.quantize`, the pass that runs them in order.
 """
 

@@ -328,6 +328,20 @@ class CalibrationResult:
     settle: SettleReport
     sqnr_db: dict[str, float] = dataclasses.field(default_factory=dict)
     """8-bit SQNR per tensor at its range (only with histograms, see :meth:`TensorHistogram.sqnr_db`)."""
+    states: dict[str, TensorHistogram] = dataclasses.field(default_factory=dict)
+    """The streamed state (min, max, ``|x|`` histogram) of every tensor, for choices made after calibration
+    (:mod:`graphopt.passes.int8.range_choice`)."""
+    symmetric: bool = False
+
+    def with_ranges(self, ranges: dict[str, tuple[float, float]]) -> CalibrationResult:
+        """This result with ``ranges`` (and the SQNR recomputed at them)."""
+        sqnr = {}
+        for name, state in self.states.items():
+            if name in ranges:
+                value = state.sqnr_db(*ranges[name], symmetric=self.symmetric)
+                if value is not None:
+                    sqnr[name] = value
+        return dataclasses.replace(self, ranges=ranges, sqnr_db=sqnr if self.states else self.sqnr_db)
 
 
 class RangeCollector:
@@ -426,4 +440,5 @@ def calibrate(model: ir.Model | onnx.ModelProto, data: DataSet, tensor_names: Se
                                description=f"calibrating ({method})")
     final = collector.ranges()
     settle = settle_report(snapshot[0].ranges(), final) if snapshot else SettleReport(False)
-    return CalibrationResult(final, method, total, batches, settle, collector.sqnr_db(final, symmetric=symmetric))
+    return CalibrationResult(final, method, total, batches, settle, collector.sqnr_db(final, symmetric=symmetric),
+                             collector.states, symmetric)

@@ -5,14 +5,21 @@ Steps:
 2. choose the scheme for the target (:mod:`graphopt.passes.int8.scheme`) and the nodes it
    quantizes (minus ``exclude_nodes`` / ``exclude_op_types``; on a CPU without VNNI minus the
    activation×activation MatMuls, :mod:`graphopt.passes.int8.attention_float`);
-   then, on the float graph and checked by measured SQNR, split the massive outlier input channels of
-   low-resolution layers off into a small float MatMul (:mod:`graphopt.passes.int8.outlier_split`) and
-   (opt-in) migrate activation outliers into the weights (:mod:`graphopt.passes.int8.smoothquant`); each method is reported under ``stats["methods"]``;
+   then, on the float graph, equalize consecutive Conv pairs exactly (cross-layer equalization,
+   :mod:`graphopt.passes.int8.equalization`) and, checked by measured SQNR, split the massive outlier
+   input channels of low-resolution layers off into a small float MatMul
+   (:mod:`graphopt.passes.int8.outlier_split`) and (opt-in) migrate activation outliers into the weights
+   (:mod:`graphopt.passes.int8.smoothquant`), and (``cpu``) write exact GELUs as one ``Gelu`` node
+   (:mod:`graphopt.passes.int8.gelu_fusion`); each method is reported under ``stats["methods"]``;
 3. calibrate the tensors those nodes read and write, streaming, one model run per batch
    (:mod:`graphopt.passes.int8.calibration`); warn on fewer than 32 samples or unsettled ranges;
+   unless a method is given, give each tensor the candidate range with the lowest measured error
+   (:mod:`graphopt.passes.int8.range_choice`);
    keep in float the layers whose input would quantize below ``min_sqnr_db`` (heavy-tailed
    activations such as BERT's FFN outputs: :func:`~graphopt.passes.int8.scheme.low_resolution_layers`);
-4. let onnxruntime.quantization write the QDQ graph from graphopt's ranges;
+4. let onnxruntime.quantization write the QDQ graph from graphopt's ranges; measure the output-mean
+   shift of each quantized layer on the calibration data, fold it into the biases and write it again
+   (:mod:`graphopt.passes.int8.bias_correction`);
 5. with evaluation data and a ``max_accuracy_drop`` budget, run the accuracy-aware fallback
    (:mod:`graphopt.passes.int8.fallback`) so the most sensitive layers stay in float;
 6. for ``trt``, check the graph against TensorRT's explicit-quantization rules
@@ -42,7 +49,7 @@ from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PreconditionFailed
 from graphopt.opset_upgrade import opset_version
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
-from graphopt.passes.int8 import attention_float
+from graphopt.passes.int8 import attention_float, bias_correction, equalization, gelu_fusion, range_choice
 from graphopt.passes.int8.calibration import MIN_SAMPLES, CalibMethod, calibrate
 from graphopt.passes.int8.fallback import Evaluator, batch1_latency_ms, edits_of, run_fallback
 from graphopt.passes.int8.scheme import (
@@ -103,6 +110,18 @@ class Int8Options:
     float_attention_matmuls: bool = True
     """On a CPU without VNNI keep activation×activation MatMuls in float (:mod:`.attention_float`)."""
 
+    # --- recogniser / CNN methods (issue 12, recogniser half), each reported under ``methods``
+    range_choice: bool = True
+    """Give each activation the candidate clipping range (min/max, percentiles, entropy, MSE) with the lowest
+    measured quantization error (:mod:`.range_choice`); only when ``calib_method`` is not given explicitly."""
+    equalization: bool = True
+    """Cross-layer equalization of Conv → (ReLU / none) → Conv pairs before calibrating (:mod:`.equalization`)."""
+    bias_correction: bool = True
+    """Fold each quantized layer's measured output-mean shift into its bias (:mod:`.bias_correction`)."""
+    gelu_fusion: bool = True
+    """On the ``cpu`` target write each exact five-node GELU as one ONNX ``Gelu`` (opset 20), which
+    onnxruntime runs as one kernel in a QDQ graph too (:mod:`.gelu_fusion`)."""
+
     def __post_init__(self) -> None:
         if not 0 < self.percentile <= 100:
             raise InputError(f"int8 percentile must be in (0, 100], got {self.percentile}")
@@ -148,28 +167,42 @@ class Int8Pass(GraphoptPass):
         unknown = [n for n in options.exclude_nodes if n not in known]
         if unknown:
             raise InputError(f"--exclude-nodes: no node named {', '.join(map(repr, unknown))} in the model")
+        methods: list[dict] = []
         nodes = quantizable_nodes(proto, scheme, options.exclude_nodes, options.exclude_op_types)
         if not any(n.name in set(nodes) and n.op_type in WEIGHTED_OPS for n in proto.graph.node):
             raise PreconditionFailed("nothing left to quantize: every weighted layer is excluded")
         notes: list[str] = []
         data = self._calibration_data(model)
-        methods: list[dict] = []
         guard = options.min_sqnr_db is not None
         if options.float_attention_matmuls and attention_float.applies(scheme):
             act_act = attention_float.activation_matmuls(proto, nodes)
             if act_act:
                 nodes = quantizable_nodes(proto, scheme, (*options.exclude_nodes, *act_act), options.exclude_op_types)
             methods.append(attention_float.report(act_act))
+        if options.equalization:  # exact on the float graph: calibration then sees the equalized activations
+            equalized = equalization.equalize(proto, scheme, nodes)
+            proto = equalized.model
+            methods.append(equalized.report())
         if options.smoothquant or options.outlier_split:  # issue 12: before calibrating the rewritten graph
             prepared = smoothquant(proto, data, nodes, scheme, smooth=options.smoothquant,
                                    split=options.outlier_split and guard, split_below_db=options.min_sqnr_db or 0.0,
                                    batch_size=options.calib_batch_size)
             proto = prepared.model
             methods += prepared.reports(smooth=options.smoothquant, split=options.outlier_split)
+        if options.gelu_fusion and scheme.target == "cpu":
+            # exact; after SmoothQuant, which folds its 1/s into GELU's ×0.5 (a vector then: left unfused)
+            proto, fused, why = gelu_fusion.fuse_gelus(proto)
+            methods.append(gelu_fusion.report(fused, why))
         tensors = tensors_to_calibrate(proto, nodes)
+        choose = options.range_choice and options.calib_method is None
         calib = calibrate(proto, data, tensors, method, batch_size=options.calib_batch_size,
-                          percentile=options.percentile, histograms=True if guard else None,
+                          percentile=options.percentile, histograms=True if guard or choose else None,
                           symmetric=scheme.activation_symmetric)
+        if choose:
+            chosen, rows = range_choice.choose_ranges(calib.states, calib.ranges,
+                                                      symmetric=scheme.activation_symmetric)
+            calib = calib.with_ranges(chosen)
+            methods.append(range_choice.report(rows))
         if len(data) < MIN_SAMPLES:
             self._warn(f"int8: only {len(data)} calibration samples (< {MIN_SAMPLES}); ranges may not "
                        "represent real inputs — give more")
@@ -188,10 +221,21 @@ class Int8Pass(GraphoptPass):
             else:
                 low_sqnr = {}  # every layer is low-resolution: quantize anyway, the budget decides
 
+        source = proto  # the float model the QDQ graph is written from (bias correction edits its biases)
+
         def quantize(layers) -> onnx.ModelProto:
-            return quantize_qdq(proto, scheme, calib.ranges, layers)
+            return quantize_qdq(source, scheme, calib.ranges, layers)
 
         quantized = quantize(nodes)
+        if options.bias_correction:
+            weighted_nodes = [n.name for n in proto.graph.node if n.name in set(nodes) and n.op_type in WEIGHTED_OPS]
+            shifts = bias_correction.measure_shifts(quantized, proto, data, weighted_nodes, options.calib_batch_size)
+            source, corrected = bias_correction.apply_shifts(proto, shifts)
+            after = {}
+            if corrected:
+                quantized = quantize(nodes)
+                after = bias_correction.measure_shifts(quantized, proto, data, corrected, options.calib_batch_size)
+            methods.append(bias_correction.report(shifts, after, corrected))
         float_layers: tuple[str, ...] = ()
         stats: dict = {"scheme": f"{scheme.target}: {scheme.describe()}", "calib_method": method,
                        "calib_samples": calib.samples, "calib_settle": calib.settle.describe(),
@@ -202,7 +246,7 @@ class Int8Pass(GraphoptPass):
             weighted = [n.name for n in proto.graph.node if n.name in set(nodes) and n.op_type in WEIGHTED_OPS]
             writes_outputs = [op for op in scheme.op_types if op not in scheme.outputs_not_quantized
                               and op not in FLOAT_OUTPUT_OK]
-            candidates = edits_of(quantized, proto, weighted, nodes, writes_outputs)
+            candidates = edits_of(quantized, source, weighted, nodes, writes_outputs)
             outcome = run_fallback(candidates, weighted, evaluator, context.max_accuracy_drop,
                                    max_layers=options.max_float_layers, first=quantized,
                                    latency=lambda models: batch1_latency_ms(models, context.eval))
