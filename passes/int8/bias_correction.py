@@ -38,8 +38,8 @@ from graphopt import large
 from graphopt.calibration import stream_tensors
 from graphopt.data import DataSet
 from graphopt.passes.int8.equalization import initializer_array
+from graphopt.passes.int8.graph_edit import new_initializer, unique_node_name, unique_tensor_name
 from graphopt.passes.int8.scheme import graph_links
-from graphopt.passes.int8.smoothquant import _new_initializer, _unique, _unique_node
 
 CORRECTED_OPS = ("Conv", "Gemm", "MatMul")
 FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu")
@@ -121,7 +121,7 @@ def _targets(quantized: onnx.ModelProto, float_model: onnx.ModelProto, layers: I
 def _same_tensor(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], tensor: onnx.TensorProto) -> str:
     """A copy of ``tensor`` under a new name in ``graph``: a weight detached in graphopt's store (large models)
     stays a placeholder of the same bytes, nothing is copied into the proto."""
-    name = _unique(graph, f"{PREFIX}_{tensor.name}")
+    name = unique_tensor_name(graph, f"{PREFIX}_{tensor.name}")
     copy = graph.initializer.add()
     copy.CopyFrom(tensor)
     copy.name = name
@@ -131,10 +131,10 @@ def _same_tensor(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], ten
 
 def _reduce_mean(graph: onnx.GraphProto, opset: int, tensor: str, axes: list[int], out: str) -> onnx.NodeProto:
     if opset >= 18:
-        axes_name = _unique(graph, out + "_axes")
+        axes_name = unique_tensor_name(graph, out + "_axes")
         graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
-        return helper.make_node("ReduceMean", [tensor, axes_name], [out], keepdims=0, name=_unique_node(graph, out))
-    return helper.make_node("ReduceMean", [tensor], [out], axes=axes, keepdims=0, name=_unique_node(graph, out))
+        return helper.make_node("ReduceMean", [tensor, axes_name], [out], keepdims=0, name=unique_node_name(graph, out))
+    return helper.make_node("ReduceMean", [tensor], [out], axes=axes, keepdims=0, name=unique_node_name(graph, out))
 
 
 def measure_shifts(quantized: onnx.ModelProto, float_model: onnx.ModelProto, data: DataSet, layers: Iterable[str],
@@ -164,26 +164,26 @@ def measure_shifts(quantized: onnx.ModelProto, float_model: onnx.ModelProto, dat
         if before is not None and before.op_type in FUSED_ACTIVATIONS and (now is None or now.op_type != before.op_type):
             # onnxruntime's quantizer drops a Relu / Clip after a Conv (the output range does its clipping) and
             # the Conv writes the activation's name: apply it again for the float twin
-            fused = _unique(graph, f"{PREFIX}_{target.name}_act")
+            fused = unique_tensor_name(graph, f"{PREFIX}_{target.name}_act")
             extra = [_same_tensor(graph, graph_inits, inits[name]) if name else "" for name in before.input[1:]]
-            again = helper.make_node(before.op_type, [activation, *extra], [fused], name=_unique_node(graph, fused))
+            again = helper.make_node(before.op_type, [activation, *extra], [fused], name=unique_node_name(graph, fused))
             again.attribute.extend(before.attribute)
             graph.node.append(again)
             activation = fused
         inputs = [activation]
         inputs += [_same_tensor(graph, graph_inits, inits[name]) if name else "" for name in original.input[1:]]
-        reference = _unique(graph, f"{PREFIX}_{target.name}_ref")
-        twin = helper.make_node(original.op_type, inputs, [reference], name=_unique_node(graph, f"{PREFIX}_{target.name}"))
+        reference = unique_tensor_name(graph, f"{PREFIX}_{target.name}_ref")
+        twin = helper.make_node(original.op_type, inputs, [reference], name=unique_node_name(graph, f"{PREFIX}_{target.name}"))
         twin.attribute.extend(original.attribute)
-        diff = _unique(graph, f"{PREFIX}_{target.name}_diff")
-        diff2 = _unique(graph, f"{PREFIX}_{target.name}_diff2")
-        ref2 = _unique(graph, f"{PREFIX}_{target.name}_ref2")
-        names = tuple(_unique(graph, f"{PREFIX}_{target.name}_{kind}") for kind in ("shift", "err", "pow"))
+        diff = unique_tensor_name(graph, f"{PREFIX}_{target.name}_diff")
+        diff2 = unique_tensor_name(graph, f"{PREFIX}_{target.name}_diff2")
+        ref2 = unique_tensor_name(graph, f"{PREFIX}_{target.name}_ref2")
+        names = tuple(unique_tensor_name(graph, f"{PREFIX}_{target.name}_{kind}") for kind in ("shift", "err", "pow"))
         graph.node.extend([
             twin,
-            helper.make_node("Sub", [target.node.output[0], reference], [diff], name=_unique_node(graph, diff)),
-            helper.make_node("Mul", [diff, diff], [diff2], name=_unique_node(graph, diff2)),
-            helper.make_node("Mul", [reference, reference], [ref2], name=_unique_node(graph, ref2)),
+            helper.make_node("Sub", [target.node.output[0], reference], [diff], name=unique_node_name(graph, diff)),
+            helper.make_node("Mul", [diff, diff], [diff2], name=unique_node_name(graph, diff2)),
+            helper.make_node("Mul", [reference, reference], [ref2], name=unique_node_name(graph, ref2)),
         ])
         graph.node.extend([_reduce_mean(graph, opset, source, target.axes, out)
                            for source, out in zip((diff, diff2, ref2), names)])
@@ -245,9 +245,9 @@ def apply_shifts(float_model: onnx.ModelProto, shifts: dict[str, LayerShift]) ->
                 if bias.size not in (1, channels):
                     continue
                 new = np.broadcast_to(bias.reshape(-1), (channels,)) - shift / beta
-                node.input[2] = _new_initializer(graph, inits, node.input[2] + "_bc", new)
+                node.input[2] = new_initializer(graph, inits, node.input[2] + "_bc", new)
             else:
-                name = _new_initializer(graph, inits, node.name + "_bias_bc", -shift / beta)
+                name = new_initializer(graph, inits, node.name + "_bias_bc", -shift / beta)
                 if len(node.input) > 2:
                     node.input[2] = name
                 else:
@@ -259,7 +259,7 @@ def apply_shifts(float_model: onnx.ModelProto, shifts: dict[str, LayerShift]) ->
                 continue
             add, index = found
             const = initializer_array(inits[add.input[index]]).astype(np.float32)
-            add.input[index] = _new_initializer(graph, inits, add.input[index] + "_bc",
+            add.input[index] = new_initializer(graph, inits, add.input[index] + "_bc",
                                                 (const.reshape(-1) - shift).reshape(const.shape))
             corrected.append(node.name)
     read = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}

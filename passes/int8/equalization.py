@@ -39,8 +39,8 @@ import onnx
 from onnx import numpy_helper
 
 from graphopt import large
+from graphopt.passes.int8.graph_edit import new_initializer
 from graphopt.passes.int8.scheme import Int8Scheme, graph_links
-from graphopt.passes.int8.smoothquant import _new_initializer
 
 HOMOGENEOUS = ("Identity", "Relu", "LeakyRelu", "PRelu")
 """Positively homogeneous per-channel activations (a ``Clip`` with no upper bound counts too)."""
@@ -236,9 +236,9 @@ def equalize(model: onnx.ModelProto, scheme: Int8Scheme, nodes: Iterable[str] | 
             break
     for node in graph.node:
         if node.name in weights:
-            node.input[1] = _new_initializer(graph, inits, node.input[1] + "_cle", weights[node.name].astype(np.float32))
+            node.input[1] = new_initializer(graph, inits, node.input[1] + "_cle", weights[node.name].astype(np.float32))
             if node.name in biases:
-                node.input[2] = _new_initializer(graph, inits, node.input[2] + "_cle",
+                node.input[2] = new_initializer(graph, inits, node.input[2] + "_cle",
                                                  biases[node.name].astype(np.float32))
     read = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
     for init in [i for i in graph.initializer if i.name not in read]:

@@ -28,7 +28,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from graphopt.passes.int8.smoothquant import _Layer, _new_initializer, _unique, _unique_node
+from graphopt.passes.int8.graph_edit import new_initializer, unique_node_name, unique_tensor_name
+from graphopt.passes.int8.smoothquant import MatMulLayer
 
 RATIO = 6.0
 """A channel is an outlier when its peak is above this multiple of the median channel peak."""
@@ -56,7 +57,7 @@ def outlier_channels(absmax: np.ndarray) -> np.ndarray:
     return found.astype(np.int64)
 
 
-def split_outliers(model: onnx.ModelProto, tensor: str, layers: list[_Layer], channels: np.ndarray) -> list[_Layer]:
+def split_outliers(model: onnx.ModelProto, tensor: str, layers: list[MatMulLayer], channels: np.ndarray) -> list[MatMulLayer]:
     """Rewrite ``model`` in place (module docstring); returns the layers with their new (masked) weights,
     now reading the masked activation."""
     graph = model.graph
@@ -64,36 +65,36 @@ def split_outliers(model: onnx.ModelProto, tensor: str, layers: list[_Layer], ch
     k = layers[0].weight.shape[0]
     mask = np.ones(k, dtype=np.float32)
     mask[channels] = 0.0
-    masked = _unique(graph, tensor + "_inliers")
-    picked = _unique(graph, tensor + "_outliers")
+    masked = unique_tensor_name(graph, tensor + "_inliers")
+    picked = unique_tensor_name(graph, tensor + "_outliers")
     producer_index = next((i for i, n in enumerate(graph.node) if tensor in n.output), -1)
     new_nodes = [
-        helper.make_node("Mul", [tensor, _new_initializer(graph, inits, tensor + "_inlier_mask", mask)], [masked],
-                         name=_unique_node(graph, tensor + "_inlier_mask")),
-        helper.make_node("Gather", [tensor, _new_initializer(graph, inits, tensor + "_outlier_idx", channels)],
-                         [picked], name=_unique_node(graph, tensor + "_outlier_gather"), axis=-1),
+        helper.make_node("Mul", [tensor, new_initializer(graph, inits, tensor + "_inlier_mask", mask)], [masked],
+                         name=unique_node_name(graph, tensor + "_inlier_mask")),
+        helper.make_node("Gather", [tensor, new_initializer(graph, inits, tensor + "_outlier_idx", channels)],
+                         [picked], name=unique_node_name(graph, tensor + "_outlier_gather"), axis=-1),
     ]
     for offset, node in enumerate(new_nodes):
         graph.node.insert(producer_index + 1 + offset, node)
-    rewritten: list[_Layer] = []
+    rewritten: list[MatMulLayer] = []
     for layer in layers:
         node = next(n for n in graph.node if n.name == layer.node.name)
         weight = layer.weight.copy()
         outlier_rows = weight[channels, :].copy()
         weight[channels, :] = 0.0
         node.input[0] = masked
-        node.input[1] = _new_initializer(graph, inits, node.input[1] + "_inliers", weight.T if layer.trans_b else weight)
+        node.input[1] = new_initializer(graph, inits, node.input[1] + "_inliers", weight.T if layer.trans_b else weight)
         original = node.output[0]
-        partial = _unique(graph, original + "_inlier_part")
-        side = _unique(graph, original + "_outlier_part")
+        partial = unique_tensor_name(graph, original + "_inlier_part")
+        side = unique_tensor_name(graph, original + "_outlier_part")
         node.output[0] = partial
         position = list(graph.node).index(node)
         graph.node.insert(position + 1, helper.make_node(
-            "MatMul", [picked, _new_initializer(graph, inits, node.name + "_outlier_w", outlier_rows)], [side],
-            name=_unique_node(graph, node.name + "_outlier_matmul")))
+            "MatMul", [picked, new_initializer(graph, inits, node.name + "_outlier_w", outlier_rows)], [side],
+            name=unique_node_name(graph, node.name + "_outlier_matmul")))
         graph.node.insert(position + 2, helper.make_node("Add", [partial, side], [original],
-                                                         name=_unique_node(graph, node.name + "_outlier_add")))
-        rewritten.append(_Layer(node, weight, layer.trans_b))
+                                                         name=unique_node_name(graph, node.name + "_outlier_add")))
+        rewritten.append(MatMulLayer(node, weight, layer.trans_b))
     return rewritten
 
 

@@ -43,6 +43,7 @@ from onnx import numpy_helper
 
 from graphopt.calibration import stream_tensors
 from graphopt.data import DataSet
+from graphopt.passes.int8.graph_edit import new_initializer, unique_node_name, unique_tensor_name
 from graphopt.passes.int8.scheme import Int8Scheme, constant_names, graph_links
 
 ALPHAS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
@@ -107,19 +108,19 @@ class SmoothQuantResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Layer:
+class MatMulLayer:
     node: onnx.NodeProto
     weight: np.ndarray
     """As ``[K, N]``: input channels on axis 0 (a Gemm's ``transB`` undone)."""
     trans_b: bool
 
 
-def smoothable_groups(model: onnx.ModelProto, nodes: Iterable[str]) -> dict[str, list[_Layer]]:
+def smoothable_groups(model: onnx.ModelProto, nodes: Iterable[str]) -> dict[str, list[MatMulLayer]]:
     """Activation name → the MatMul / Gemm layers among ``nodes`` that read it with a 2-D constant float weight."""
     wanted = set(nodes)
     constants = constant_names(model)
     inits = {init.name: init for init in model.graph.initializer}
-    groups: dict[str, list[_Layer]] = {}
+    groups: dict[str, list[MatMulLayer]] = {}
     for node in model.graph.node:
         if node.name not in wanted or node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
             continue
@@ -133,7 +134,7 @@ def smoothable_groups(model: onnx.ModelProto, nodes: Iterable[str]) -> dict[str,
             continue
         trans_b = bool(attrs.get("transB", 0)) if node.op_type == "Gemm" else False
         weight = numpy_helper.to_array(init)
-        groups.setdefault(x, []).append(_Layer(node, weight.T if trans_b else weight, trans_b))
+        groups.setdefault(x, []).append(MatMulLayer(node, weight.T if trans_b else weight, trans_b))
     return groups
 
 
@@ -315,7 +316,7 @@ def _keeps_last_axis(graph: onnx.GraphProto, tensor: str, size: int) -> bool:
     return False
 
 
-def _apply(model: onnx.ModelProto, tensor: str, layers: list[_Layer], scales: np.ndarray) -> str:
+def _apply(model: onnx.ModelProto, tensor: str, layers: list[MatMulLayer], scales: np.ndarray) -> str:
     """Multiply the layers' weight rows by ``s`` and fold ``1/s`` into :func:`_fold_target` (else an explicit
     ``Mul``); what took the ``1/s``."""
     graph = model.graph
@@ -325,14 +326,14 @@ def _apply(model: onnx.ModelProto, tensor: str, layers: list[_Layer], scales: np
     for layer in layers:
         scaled = layer.weight * scales[:, None]
         node = next(n for n in graph.node if n.name == layer.node.name)
-        node.input[1] = _new_initializer(graph, inits, node.input[1] + "_smooth", scaled.T if layer.trans_b else scaled)
+        node.input[1] = new_initializer(graph, inits, node.input[1] + "_smooth", scaled.T if layer.trans_b else scaled)
     inverse = (1.0 / scales).astype(np.float32)
     if target is None:  # an explicit Mul(X, 1/s) right after X's producer, read by the smoothed layers only
-        out = _unique(graph, tensor + "_smoothed")
+        out = unique_tensor_name(graph, tensor + "_smoothed")
         position = next((i + 1 for i, n in enumerate(graph.node) if tensor in n.output), 0)
         graph.node.insert(position, onnx.helper.make_node(
-            "Mul", [tensor, _new_initializer(graph, inits, tensor + "_smooth_inv", inverse)], [out],
-            name=_unique_node(graph, tensor + "_smooth")))
+            "Mul", [tensor, new_initializer(graph, inits, tensor + "_smooth_inv", inverse)], [out],
+            name=unique_node_name(graph, tensor + "_smooth")))
         for node in graph.node:
             if node.name in smoothed:
                 node.input[0] = out
@@ -343,41 +344,10 @@ def _apply(model: onnx.ModelProto, tensor: str, layers: list[_Layer], scales: np
         if producer.input[i]:
             value = numpy_helper.to_array(inits[producer.input[i]])
             value = value * inverse if producer.op_type == "LayerNormalization" else value.reshape(-1) * inverse
-            producer.input[i] = _new_initializer(graph, inits, producer.input[i] + "_smooth", value)
+            producer.input[i] = new_initializer(graph, inits, producer.input[i] + "_smooth", value)
     return producer.op_type
 
 
 def _last_axis(node: onnx.NodeProto) -> bool:
     axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), -1)
     return axis == -1
-
-
-def _new_initializer(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], base: str,
-                     value: np.ndarray) -> str:
-    """Add ``value`` as a new initializer (a unique name near ``base``); returns the name. The old one is
-    left for the graph's cleanup when nothing reads it any more."""
-    name = base
-    while name in inits:
-        name += "_"
-    value = np.asarray(value)
-    tensor = numpy_helper.from_array(value.astype(np.float32) if value.dtype.kind == "f" else value, name)
-    graph.initializer.append(tensor)
-    inits[name] = tensor
-    return name
-
-
-def _unique(graph: onnx.GraphProto, base: str) -> str:
-    taken = {name for node in graph.node for name in (*node.input, *node.output)}
-    taken |= {init.name for init in graph.initializer} | {i.name for i in graph.input}
-    name = base
-    while name in taken:
-        name += "_"
-    return name
-
-
-def _unique_node(graph: onnx.GraphProto, base: str) -> str:
-    taken = {node.name for node in graph.node}
-    name = base
-    while name in taken:
-        name += "_"
-    return name

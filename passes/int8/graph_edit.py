@@ -1,0 +1,44 @@
+"""Small edits of an ONNX graph shared by the int8 methods that rewrite the float model (SmoothQuant, the
+outlier split, cross-layer equalization, bias correction): new initializers and unused names.
+
+A name is made unique by appending ``_`` until nothing in the graph uses it (deterministic, so the same
+model always gets the same names)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def new_initializer(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], base: str,
+                     value: np.ndarray) -> str:
+    """Add ``value`` as a new initializer (a unique name near ``base``); returns the name. The old one is
+    left for the graph's cleanup when nothing reads it any more."""
+    name = base
+    while name in inits:
+        name += "_"
+    value = np.asarray(value)
+    tensor = numpy_helper.from_array(value.astype(np.float32) if value.dtype.kind == "f" else value, name)
+    graph.initializer.append(tensor)
+    inits[name] = tensor
+    return name
+
+
+def unique_tensor_name(graph: onnx.GraphProto, base: str) -> str:
+    """A tensor name near ``base`` that no node, initializer or graph input uses yet."""
+    taken = {name for node in graph.node for name in (*node.input, *node.output)}
+    taken |= {init.name for init in graph.initializer} | {i.name for i in graph.input}
+    name = base
+    while name in taken:
+        name += "_"
+    return name
+
+
+def unique_node_name(graph: onnx.GraphProto, base: str) -> str:
+    """A node name near ``base`` that no node uses yet."""
+    taken = {node.name for node in graph.node}
+    name = base
+    while name in taken:
+        name += "_"
+    return name
