@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from graphopt import large
+from graphopt.opset_upgrade import UpgradeError, upgrade
 from graphopt.passes.int8.scheme import graph_links
 
 GELU_OPSET = 20
@@ -81,13 +83,11 @@ def fuse_gelus(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, str | None
         return model, 0, None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     result = model
-    if opset < GELU_OPSET:
-        import onnx.version_converter
-
+    if opset < GELU_OPSET:  # graphopt's upgrade: legacy repairs, IR version settled for the new opset
         try:
-            result = onnx.version_converter.convert_version(model, GELU_OPSET)
-        except Exception as exc:  # the converter lacks an adapter for some op of the model
-            return model, 0, f"opset {opset} → {GELU_OPSET} conversion failed ({str(exc).splitlines()[0][:120]})"
+            result = large.to_proto(upgrade(large.from_proto(model), target=GELU_OPSET).model)
+        except UpgradeError as exc:  # the converter lacks an adapter for some op of the model
+            return model, 0, f"opset {opset} → {GELU_OPSET} conversion failed ({str(exc).splitlines()[0][:160]})"
     else:
         result = onnx.ModelProto()
         result.CopyFrom(model)
