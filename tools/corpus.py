@@ -267,6 +267,8 @@ def compare(expected: list[np.ndarray], actual: list[np.ndarray], rtol: float, a
             min_cosine: float | None = None) -> str | None:
     """``None`` when every output is within tolerance (module docstring), else what differs; with
     ``min_cosine`` float outputs are judged by cosine similarity instead of ``rtol``."""
+    from graphopt.verify import mean_cosine
+
     if len(expected) != len(actual):
         return f"{len(actual)} outputs, expected {len(expected)}"
     for j, (want, got) in enumerate(zip(expected, actual)):
@@ -285,9 +287,7 @@ def compare(expected: list[np.ndarray], actual: list[np.ndarray], rtol: float, a
         if not np.all(np.isfinite(g[finite])):
             return f"output {j}: non-finite where finite expected"
         if finite.any() and min_cosine is not None:
-            a, b = w[finite], g[finite]
-            norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-            cosine = float(a @ b) / norms if norms else float(np.array_equal(a, b))
+            cosine = mean_cosine(w[finite][None], g[finite][None])  # one sample: the whole output
             if cosine < min_cosine:
                 return f"output {j}: cosine {cosine:.4f} < {min_cosine}"
         elif finite.any():

@@ -41,6 +41,7 @@ from onnx import numpy_helper
 from graphopt import large
 from graphopt.passes.int8.graph_edit import new_initializer
 from graphopt.passes.int8.scheme import Int8Scheme, graph_links
+from graphopt.passes.int8.smoothquant import fake_quant_weight
 
 HOMOGENEOUS = ("Identity", "Relu", "LeakyRelu", "PRelu")
 """Positively homogeneous per-channel activations (a ``Clip`` with no upper bound counts too)."""
@@ -173,12 +174,10 @@ def find_pairs(model: onnx.ModelProto) -> tuple[list[_Pair], dict[str, int]]:
 
 def weight_sqnr_db(weight: np.ndarray, scheme: Int8Scheme) -> float:
     """SQNR of symmetric 8-bit (7-bit with ``reduce_range``) weight quantization, per output channel or
-    per tensor as the scheme quantizes weights."""
-    levels = 63.0 if scheme.reduce_range else 127.0
+    per tensor as the scheme quantizes weights (:func:`~.smoothquant.fake_quant_weight`, output channels
+    on axis 0 here)."""
     flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
-    peak = np.abs(flat).max(axis=1, keepdims=True) if scheme.per_channel else np.abs(flat).max()
-    scale = np.where(peak > 0, peak / levels, 1.0)
-    error = flat - np.round(flat / scale) * scale
+    error = flat - fake_quant_weight(flat.T, scheme).T
     noise = float((error**2).sum())
     return float("inf") if noise == 0 else float(10 * np.log10((flat**2).sum() / noise))
 

@@ -23,7 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphopt import large
-from graphopt.opset_upgrade import UpgradeError, upgrade
+from graphopt.opset_upgrade import UpgradeError, opset_version, upgrade
 from graphopt.passes.int8.scheme import graph_links
 
 GELU_OPSET = 20
@@ -81,7 +81,7 @@ def fuse_gelus(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, str | None
     """``(model with every exact GELU as one Gelu node, how many, why none were fused or None)``."""
     if not find_gelus(model):
         return model, 0, None
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = opset_version(model)
     result = model
     if opset < GELU_OPSET:  # graphopt's upgrade: legacy repairs, IR version settled for the new opset
         try:
