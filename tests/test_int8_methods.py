@@ -240,8 +240,9 @@ def test_an_explicit_calibration_method_is_not_overridden_by_the_range_choice():
     (["--no-equalization"], {"equalization"}),
     (["--no-bias-correction"], {"bias-correction"}),
     (["--no-gelu-fusion"], {"gelu-fusion"}),
-    (["--no-range-choice", "--no-equalization", "--no-bias-correction", "--no-gelu-fusion"],
-     {"range-choice", "equalization", "bias-correction", "gelu-fusion"}),
+    (["--no-qdq-folds"], {"qdq-folds"}),
+    (["--no-range-choice", "--no-equalization", "--no-bias-correction", "--no-gelu-fusion", "--no-qdq-folds"],
+     {"range-choice", "equalization", "bias-correction", "gelu-fusion", "qdq-folds"}),
 ])
 def test_cli_flags_turn_the_methods_off(tmp_path, flags, absent):
     import json
@@ -265,7 +266,8 @@ def test_cli_flags_turn_the_methods_off(tmp_path, flags, absent):
     on_by_default = {name for name, flag in (("range-choice", defaults.range_choice),
                                               ("equalization", defaults.equalization),
                                               ("bias-correction", defaults.bias_correction),
-                                              ("gelu-fusion", defaults.gelu_fusion)) if flag}
+                                              ("gelu-fusion", defaults.gelu_fusion),
+                                              ("qdq-folds", defaults.qdq_folds)) if flag}
     assert on_by_default - absent <= methods
 
 

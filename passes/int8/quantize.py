@@ -19,7 +19,9 @@ Steps:
    activations such as BERT's FFN outputs: :func:`~graphopt.passes.int8.scheme.low_resolution_layers`);
 4. let onnxruntime.quantization write the QDQ graph from graphopt's ranges; measure the output-mean
    shift of each quantized layer on the calibration data, fold it into the biases and write it again
-   (:mod:`graphopt.passes.int8.bias_correction`);
+   (:mod:`graphopt.passes.int8.bias_correction`); (``cpu``, after step 5) drop the outlier-split masks
+   and fold constant scales after quantized MatMuls into their dequantization, both exact
+   (:mod:`graphopt.passes.int8.qdq_folds`);
 5. with evaluation data and a ``max_accuracy_drop`` budget, run the accuracy-aware fallback
    (:mod:`graphopt.passes.int8.fallback`) so the most sensitive layers stay in float;
 6. for ``trt``, check the graph against TensorRT's explicit-quantization rules
@@ -49,7 +51,14 @@ from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PreconditionFailed
 from graphopt.opset_upgrade import opset_version
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
-from graphopt.passes.int8 import attention_float, bias_correction, equalization, gelu_fusion, range_choice
+from graphopt.passes.int8 import (
+    attention_float,
+    bias_correction,
+    equalization,
+    gelu_fusion,
+    qdq_folds,
+    range_choice,
+)
 from graphopt.passes.int8.calibration import MIN_SAMPLES, CalibMethod, calibrate
 from graphopt.passes.int8.fallback import Evaluator, batch1_latency_ms, edits_of, run_fallback
 from graphopt.passes.int8.scheme import (
@@ -121,6 +130,9 @@ class Int8Options:
     gelu_fusion: bool = True
     """On the ``cpu`` target write each exact five-node GELU as one ONNX ``Gelu`` (opset 20), which
     onnxruntime runs as one kernel in a QDQ graph too (:mod:`.gelu_fusion`)."""
+    qdq_folds: bool = True
+    """On the ``cpu`` target drop the outlier-split masks and fold constant scales after quantized MatMuls
+    into their DequantizeLinear, both exact (:mod:`.qdq_folds`)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.percentile <= 100:
@@ -260,6 +272,8 @@ class Int8Pass(GraphoptPass):
         stats.update({"layers_quantized": sum(1 for n in proto.graph.node if n.name in set(nodes)
                                               and n.op_type in WEIGHTED_OPS and n.name not in set(float_layers)),
                       "quantize_nodes": q_nodes, "layers_in_float": list(float_layers)})
+        if options.qdq_folds and scheme.target == "cpu":  # exact; after the fallback, on the model written
+            methods.append(qdq_folds.fold(quantized).report())
         if context.target.kind == "trt":
             problems = check_trt_qdq(quantized)
             stats["trt_check"] = "ok" if not problems else f"{len(problems)} problem(s)"
