@@ -185,6 +185,7 @@ for _method in _RECOGNISER_METHODS:  # each recogniser method alone, the others 
                    {**GRAPHOPT_INT8_BEFORE_ISSUE12, **{m: m == _method for m in _RECOGNISER_METHODS}})
 _int8_ablation("recogniser-methods", {**GRAPHOPT_INT8_BEFORE_ISSUE12, **dict.fromkeys(_RECOGNISER_METHODS, True)})
 _int8_ablation("no-gelu-fusion", {"gelu_fusion": False})
+_int8_ablation("no-qdq-folds", {"qdq_folds": False})
 
 
 @variant("graphopt-int8-before", "int8", "graphopt")
