@@ -95,11 +95,15 @@ def _weight(node: onnx.NodeProto, producers, inits) -> np.ndarray | None:
     return value
 
 
+def _links(model: onnx.ModelProto):
+    """``(graph, producers, consumers, initializers by name, graph output names)``."""
+    producers, consumers = graph_links(model.graph)
+    return (model.graph, producers, consumers, {i.name: i for i in model.graph.initializer},
+            {o.name for o in model.graph.output})
+
+
 def _drop_masks(model: onnx.ModelProto) -> list[str]:
-    graph = model.graph
-    producers, consumers = graph_links(graph)
-    inits = {i.name: i for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
+    graph, producers, consumers, inits, outputs = _links(model)
     dropped = []
     for mul in list(graph.node):
         if mul.op_type != "Mul" or len(mul.input) != 2 or mul.output[0] in outputs:
@@ -148,10 +152,7 @@ def _only_zero_rows_read(tensor: str, masked: np.ndarray, producers, consumers, 
 
 
 def _fold_scales(model: onnx.ModelProto) -> list[str]:
-    graph = model.graph
-    producers, consumers = graph_links(graph)
-    inits = {i.name: i for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
+    graph, producers, consumers, inits, outputs = _links(model)
     folded = []
     for node in list(graph.node):
         if node.op_type not in ("Mul", "Div") or len(node.input) != 2 or node.output[0] in outputs:
