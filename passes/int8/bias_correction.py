@@ -37,8 +37,13 @@ from onnx import helper, numpy_helper
 from graphopt import large
 from graphopt.calibration import stream_tensors
 from graphopt.data import DataSet
-from graphopt.passes.int8.equalization import initializer_array
-from graphopt.passes.int8.graph_edit import new_initializer, unique_node_name, unique_tensor_name
+from graphopt.passes.int8.graph_edit import (
+    drop_unused_initializers,
+    initializer_array,
+    new_initializer,
+    unique_node_name,
+    unique_tensor_name,
+)
 from graphopt.passes.int8.scheme import graph_links
 
 CORRECTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -262,9 +267,7 @@ def apply_shifts(float_model: onnx.ModelProto, shifts: dict[str, LayerShift]) ->
             add.input[index] = new_initializer(graph, inits, add.input[index] + "_bc",
                                                 (const.reshape(-1) - shift).reshape(const.shape))
             corrected.append(node.name)
-    read = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
-    for init in [i for i in graph.initializer if i.name not in read]:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)
     return result, corrected
 
 

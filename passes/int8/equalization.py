@@ -38,8 +38,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graphopt import large
-from graphopt.passes.int8.graph_edit import new_initializer
+from graphopt.passes.int8.graph_edit import drop_unused_initializers, initializer_array, new_initializer
 from graphopt.passes.int8.scheme import Int8Scheme, graph_links
 from graphopt.passes.int8.smoothquant import fake_quant_weight
 
@@ -89,17 +88,6 @@ class EqualizationResult:
                             "sqnr_after_db": [round(v, 2) for v in p.sqnr_after_db],
                             "channel_range_spread_before": round(p.spread_before, 1),
                             "channel_range_spread_after": round(p.spread_after, 1)} for p in self.pairs]}
-
-
-def initializer_array(init: onnx.TensorProto) -> np.ndarray:
-    """The values of ``init``, also when its bytes are detached in graphopt's weight store (large models,
-    :mod:`graphopt.large`): a copy of that one tensor gets its bytes injected, the model is left as it is."""
-    if init.data_location != onnx.TensorProto.EXTERNAL:
-        return numpy_helper.to_array(init)
-    holder = onnx.ModelProto()
-    holder.graph.initializer.add().CopyFrom(init)
-    large.inject(holder, {init.name})
-    return numpy_helper.to_array(holder.graph.initializer[0])
 
 
 def _attribute(node: onnx.NodeProto, name: str, default):
@@ -239,9 +227,7 @@ def equalize(model: onnx.ModelProto, scheme: Int8Scheme, nodes: Iterable[str] | 
             if node.name in biases:
                 node.input[2] = new_initializer(graph, inits, node.input[2] + "_cle",
                                                  biases[node.name].astype(np.float32))
-    read = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
-    for init in [i for i in graph.initializer if i.name not in read]:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)
     reports = []
     for pair in pairs:
         a, b = pair.first.name, pair.second.name

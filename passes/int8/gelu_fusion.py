@@ -24,6 +24,7 @@ from onnx import helper, numpy_helper
 
 from graphopt import large
 from graphopt.opset_upgrade import UpgradeError, opset_version, upgrade
+from graphopt.passes.int8.graph_edit import drop_unused_initializers
 from graphopt.passes.int8.scheme import graph_links
 
 GELU_OPSET = 20
@@ -99,9 +100,7 @@ def fuse_gelus(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, str | None
     kept = [replacement.get(id(node), node) for node in graph.node if id(node) not in dropped or id(node) in replacement]
     del graph.node[:]
     graph.node.extend(kept)
-    read = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
-    for init in [i for i in graph.initializer if i.name not in read]:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)
     return result, len(gelus), None
 
 

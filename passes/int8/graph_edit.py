@@ -1,5 +1,6 @@
-"""Small edits of an ONNX graph shared by the int8 methods that rewrite the float model (SmoothQuant, the
-outlier split, cross-layer equalization, bias correction): new initializers and unused names.
+"""Small edits of an ONNX graph shared by the int8 methods that rewrite the model (SmoothQuant, the outlier
+split, cross-layer equalization, bias correction, GELU fusion, the QDQ folds): reading and adding initializers,
+dropping the ones nothing reads any more, and unused names.
 
 A name is made unique by appending ``_`` until nothing in the graph uses it (deterministic, so the same
 model always gets the same names)."""
@@ -9,6 +10,26 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from graphopt import large
+
+
+def initializer_array(init: onnx.TensorProto) -> np.ndarray:
+    """The values of ``init``, also when its bytes are detached in graphopt's weight store (large models,
+    :mod:`graphopt.large`): a copy of that one tensor gets its bytes injected, the model is left as it is."""
+    if init.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(init)
+    holder = onnx.ModelProto()
+    holder.graph.initializer.add().CopyFrom(init)
+    large.inject(holder, {init.name})
+    return numpy_helper.to_array(holder.graph.initializer[0])
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers that no node and no graph input reads (left behind by edits)."""
+    read = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
+    for init in [i for i in graph.initializer if i.name not in read]:
+        graph.initializer.remove(init)
 
 
 def new_initializer(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], base: str,

@@ -28,9 +28,9 @@ import dataclasses
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from graphopt.passes.int8.graph_edit import new_initializer
+from graphopt.passes.int8.graph_edit import drop_unused_initializers, initializer_array, new_initializer
 from graphopt.passes.int8.scheme import graph_links
 
 WEIGHTED = ("MatMul", "Gemm")
@@ -59,21 +59,13 @@ def fold(model: onnx.ModelProto) -> Folds:
     masks = _drop_masks(model)
     scales = _fold_scales(model)
     if masks or scales:
-        used = {name for node in model.graph.node for name in node.input}
-        for init in [i for i in model.graph.initializer if i.name not in used]:
-            model.graph.initializer.remove(init)
+        drop_unused_initializers(model.graph)
     return Folds(tuple(masks), tuple(scales))
 
 
 def _constant(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
-    """The value of initializer ``name``; ``None`` when it is not one or its bytes are not in the proto."""
-    init = inits.get(name)
-    if init is None or init.data_location == onnx.TensorProto.EXTERNAL:
-        return None
-    try:
-        return numpy_helper.to_array(init)
-    except (ValueError, TypeError):
-        return None
+    """The value of initializer ``name`` (detached bytes included); ``None`` when it is not one."""
+    return initializer_array(inits[name]) if name in inits else None
 
 
 def _weight(node: onnx.NodeProto, producers, inits) -> np.ndarray | None:

@@ -43,7 +43,12 @@ from onnx import numpy_helper
 
 from graphopt.calibration import stream_tensors
 from graphopt.data import DataSet
-from graphopt.passes.int8.graph_edit import new_initializer, unique_node_name, unique_tensor_name
+from graphopt.passes.int8.graph_edit import (
+    drop_unused_initializers,
+    new_initializer,
+    unique_node_name,
+    unique_tensor_name,
+)
 from graphopt.passes.int8.scheme import Int8Scheme, constant_names, graph_links
 
 ALPHAS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
@@ -248,9 +253,7 @@ def smoothquant(model: onnx.ModelProto, data: DataSet, nodes: Iterable[str], sch
         folded = _apply(result, tensor, layers, smooth_scales(peaks, weights, best_alpha))
         smoothed.append(Smoothing(tensor, best_alpha, folded, rows_out))
     if smoothed or splits:
-        read = {name for node in result.graph.node for name in node.input} | {i.name for i in result.graph.input}
-        for init in [i for i in result.graph.initializer if i.name not in read]:
-            result.graph.initializer.remove(init)
+        drop_unused_initializers(result.graph)
     return SmoothQuantResult(result, tuple(smoothed), tuple(judged), tuple(splits))
 
 
