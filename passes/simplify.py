@@ -6,7 +6,10 @@ Steps:
    skipped with a note when onnxsim cannot handle the model (e.g. unknown custom-domain ops, or
    weights over protobuf's 2 GB limit: onnxsim needs the whole model in one proto);
 2. onnx_ir cleanup: constants lifted to initializers, identity elimination, common
-   subexpression elimination, unused nodes / initializers / functions / opsets removed.
+   subexpression elimination, unused nodes / initializers / functions / opsets removed;
+3. (``cpu`` target) residual Adds read by a LayerNorm written as ``Sum``, so onnxruntime keeps
+   Add + LayerNormalization instead of its slower CPU SkipLayerNormalization
+   (:mod:`graphopt.passes.residual_sum`).
 
 The pass is ``lossless``: the PassManager compares its outputs with the original model on the
 evaluation data (or probe inputs) and rolls it back when they differ.
@@ -23,6 +26,7 @@ from graphopt import large
 from graphopt.inspection import op_histogram
 from graphopt.model_io import custom_domains
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
+from graphopt.passes.residual_sum import residual_sums
 
 ONNXSIM_SKIPPED = ("fuse_preceding_mul_into_conv",)
 """onnxsim optimizers left out. ``fuse_preceding_mul_into_conv`` folds the ``× 0.5`` of an erf-GELU
@@ -40,6 +44,9 @@ class SimplifyOptions:
     fuse_batchnorm: bool = True
     """Let onnxsim fold BatchNormalization into the preceding Conv."""
     eliminate_common_subexpressions: bool = True
+    residual_sum: bool = True
+    """On the ``cpu`` target, write residual Adds read by a LayerNorm as ``Sum``
+    (:mod:`graphopt.passes.residual_sum`): exact, and 4–5× faster on onnxruntime's CPU provider."""
 
 
 class SimplifyPass(GraphoptPass):
@@ -77,11 +84,14 @@ class SimplifyPass(GraphoptPass):
                     ir_common.RemoveUnusedOpsetsPass()]
         ir.passes.Sequential(*cleanup)(working)
         after = op_histogram(working)
+        sums = residual_sums(working) if self.options.residual_sum and self.context.target.kind == "cpu" else []
         removed = {op: before[op] - after.get(op, 0) for op in before if before[op] > after.get(op, 0)}
         stats = {"nodes_removed": sum(before.values()) - sum(after.values())}
         if removed:
             stats["ops_removed"] = ", ".join(f"{op}×{n}" for op, n in sorted(removed.items(), key=lambda kv: -kv[1]))
-        modified = before != after or len(working.graph.initializers) != len(model.graph.initializers)
+        if sums:
+            stats["residual_sums"] = len(sums)
+        modified = before != after or bool(sums) or len(working.graph.initializers) != len(model.graph.initializers)
         return self.result(working, modified, stats, notes)
 
 

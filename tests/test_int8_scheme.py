@@ -156,3 +156,45 @@ def test_already_quantized_uses_inspects_rule():
         assert is_quantized(graph_with(op, domain)) == [op]
     assert is_quantized(graph_with("MatMul")) == []
     assert is_quantized(graph_with("Gemm")) == []
+
+
+def _residual_model():
+    """LayerNorm output read by a MatMul (int8) and by the residual Add (float, LayerNorm reads it);
+    an embedding Gather (int8 table) read by a float Add."""
+    d = 8
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
+             helper.make_node("Add", ["emb", "x"], ["h"], name="embed_add"),
+             helper.make_node("LayerNormalization", ["h", "g", "b"], ["ln"], axis=-1, name="ln1"),
+             helper.make_node("MatMul", ["ln", "w"], ["mm"], name="mm"),
+             helper.make_node("Add", ["mm", "ln"], ["res"], name="residual"),
+             helper.make_node("LayerNormalization", ["res", "g", "b"], ["y"], axis=-1, name="ln2")]
+    inits = [numpy_helper.from_array(RNG.standard_normal((600, d)).astype(np.float32) * 0.1, "table"),
+             numpy_helper.from_array(RNG.standard_normal((d, d)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.ones(d, np.float32), "g"), numpy_helper.from_array(np.zeros(d, np.float32), "b")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4]),
+                                           helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, d])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, d])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_float_readers_read_the_float_tensor_not_its_rounded_copy(monkeypatch):
+    import graphopt.passes.int8.scheme as scheme_module
+
+    model = _residual_model()
+    scheme = scheme_for(Target("cpu", cpu_vnni=True))
+    monkeypatch.setattr(scheme_module, "EMBEDDING_MIN_BYTES", 1024)  # the 19 kB test table counts as an embedding
+    nodes = quantizable_nodes(model, scheme)
+    assert {"mm", "embed"} <= set(nodes) and "residual" not in nodes
+    ranges = {name: (-4.0, 4.0) for name in tensors_to_calibrate(model, nodes)}
+    quantized = quantize_qdq(model, scheme, ranges, nodes)
+    producers = {o: n for n in quantized.graph.node for o in n.output}
+    residual = next(n for n in quantized.graph.node if n.name == "residual")
+    matmul = next(n for n in quantized.graph.node if n.name == "mm")
+    assert "ln" in residual.input  # the LayerNorm output in float, not DQ(Q(ln))
+    assert producers[matmul.input[0]].op_type == "DequantizeLinear"  # the MatMul still reads int8
+    # the Gather runs on the int8 table: its float reader keeps the DQ (no float copy of the table appears)
+    embed_add = next(n for n in quantized.graph.node if n.name == "embed_add")
+    assert producers[embed_add.input[0]].op_type == "DequantizeLinear"
+    assert "table" not in {i.name for i in quantized.graph.initializer}

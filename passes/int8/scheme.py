@@ -267,6 +267,8 @@ def quantize_qdq(model: onnx.ModelProto, scheme: Int8Scheme, ranges: Mapping[str
     quantizer.model.topological_sort()  # what quantize_static does before saving
     result = quantizer.model.model
     drop_output_qdq_into_float(result, set(nodes))
+    if scheme.target == "cpu":
+        float_readers_skip_rounding(result, set(nodes))
     return result
 
 
@@ -343,3 +345,45 @@ def drop_output_qdq_into_float(model: onnx.ModelProto, quantized: set[str]) -> i
         for init in [i for i in graph.initializer if i.name not in used]:
             graph.initializer.remove(init)
     return removed
+
+
+def float_readers_skip_rounding(model: onnx.ModelProto, quantized: set[str]) -> int:
+    """Let float ops read the float tensor of a ``X → Q → DQ`` pair instead of its rounded copy.
+
+    onnxruntime's quantizer sends every reader of a quantized tensor through the same DQ, so an op
+    that runs in float anyway (a residual Add read by LayerNorm, a Gelu, a Softmax) computes on
+    ``DQ(Q(X))`` and carries the 8-bit rounding error of ``X`` forward for nothing: it costs a
+    DequantizeLinear and gains no int8 kernel. Only where ``X`` itself is computed in float (its producer
+    is not in ``quantized``, or ``X`` is a graph input): the output of a quantized op exists in float
+    only as the DQ (an int8 Gather, a QLinearConv). Readers in ``quantized`` (and Q/DQ nodes) keep the DQ.
+    Measured on MiniLM-L6 written as MatMul + Add (no Gemm reshapes): the residual stream read the
+    rounded LayerNorm output and the mean cosine of ``last_hidden_state`` fell from 0.992 to 0.983.
+    DQs left without readers, then Qs left without readers, are removed. Returns the number of
+    readers rewired. (``cpu`` scheme only: TensorRT's explicit-quantization layout is left as
+    onnxruntime writes it.)
+    """
+    graph = model.graph
+    producers, consumers = graph_links(graph)
+    outputs = {o.name for o in graph.output}
+    rewired = 0
+    for dq in list(graph.node):
+        q = producers.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or dq.output[0] in outputs:
+            continue
+        source = producers.get(q.input[0])
+        if source is not None and (source.name in quantized or source.op_type == "DequantizeLinear"):
+            continue  # runs in int8: its float output exists only as this DQ (a Gather of an int8 table)
+        for reader in consumers.get(dq.output[0], []):
+            if reader.name in quantized or reader.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                continue
+            reader.input[:] = [q.input[0] if name == dq.output[0] else name for name in reader.input]
+            rewired += 1
+    if rewired:
+        for op_type in ("DequantizeLinear", "QuantizeLinear"):
+            read = {name for node in graph.node for name in node.input} | outputs
+            dead = [n for n in graph.node if n.op_type == op_type and n.output[0] not in read
+                    and (op_type == "DequantizeLinear" and producers.get(n.input[0]) is not None
+                         or op_type == "QuantizeLinear")]
+            for node in dead:
+                graph.node.remove(node)
+    return rewired
