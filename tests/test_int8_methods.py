@@ -172,14 +172,16 @@ def test_range_choice_picks_the_candidate_with_the_lowest_measured_error():
 
 # --- bias correction ---------------------------------------------------------------------------
 
+SHIFT_SEED = 5
+
+
 def _shift_model():
     """x → Conv 1×1 (no bias) → y. The weights sit off the 7-bit grid, most rounded the same way, so
     quantizing them shifts every output channel's mean (x has a large positive mean)."""
-    levels = 63.0
-    base = RNG.integers(-60, 61, size=(6, 4, 1, 1)).astype(np.float64)
-    base[:, 0] = 63.0  # every channel's peak: the scale is 1/63 · peak exactly
+    levels = 63.5  # onnxruntime's symmetric 7-bit scale: max|w_c| / 63.5 (range [−64, 63])
+    base = np.random.default_rng(SHIFT_SEED).integers(-60, 61, size=(6, 4, 1, 1)).astype(np.float64)
     w = (base + 0.45) / levels  # each weight rounds down by 0.45 steps
-    w[:, 0] = 63.0 / levels
+    w[:, 0] = 1.0  # every channel's peak: the scale is 1 / 63.5 exactly
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8, 8])], [_init("w", w)])
@@ -190,7 +192,8 @@ def _shift_model():
 
 def test_bias_correction_moves_the_quantized_output_mean_toward_float():
     model = _shift_model()
-    data = DataSet({"x": (RNG.standard_normal((64, 4, 8, 8)) + 3.0).astype(np.float32)})
+    rng = np.random.default_rng(3)  # its own draws: the test does not depend on which tests ran before
+    data = DataSet({"x": (rng.standard_normal((64, 4, 8, 8)) + 3.0).astype(np.float32)})
     nodes = quantizable_nodes(model, SCHEME)
     ranges = {"x": (float(data.inputs["x"].min()), float(data.inputs["x"].max())), "y": (-40.0, 40.0)}
     quantized = quantize_qdq(model, SCHEME, ranges, nodes)
@@ -198,13 +201,42 @@ def test_bias_correction_moves_the_quantized_output_mean_toward_float():
     corrected, layers = apply_shifts(model, shifts)
     assert layers == ["conv"] and len(corrected.graph.node[0].input) == 3  # a bias was created
     requantized = quantize_qdq(corrected, SCHEME, ranges, nodes)
-    feeds = {"x": (RNG.standard_normal((32, 4, 8, 8)) + 3.0).astype(np.float32)}  # held-out inputs
+    feeds = {"x": (rng.standard_normal((32, 4, 8, 8)) + 3.0).astype(np.float32)}  # held-out inputs
     ref = ort_engine.build(model).run(feeds)["y"].mean(axis=(0, 2, 3))
     before = ort_engine.build(quantized).run(feeds)["y"].mean(axis=(0, 2, 3))
     after = ort_engine.build(requantized).run(feeds)["y"].mean(axis=(0, 2, 3))
     assert np.abs(before - ref).mean() > 0.01
     assert np.abs(after - ref).mean() < 0.25 * np.abs(before - ref).mean()
     np.testing.assert_allclose(shifts["conv"].shift, before - ref, rtol=0.25, atol=0.004)
+
+
+def _matmul_bias_model():
+    """x → MatMul → Add(bias) → y, with the Conv test's off-grid weights (as [in, out])."""
+    conv = _shift_model()
+    w = numpy_helper.to_array(conv.graph.initializer[0])[:, :, 0, 0].T.copy()
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="mm"),
+             helper.make_node("Add", ["mm", "bias"], ["y"], name="bias_add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 6])],
+                              [_init("w", w), _init("bias", np.linspace(-1, 1, 6))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_bias_correction_of_a_matmul_is_measured_after_its_bias_add():
+    model = _matmul_bias_model()
+    data = DataSet({"x": (np.random.default_rng(4).standard_normal((64, 8, 4)) + 3.0).astype(np.float32)})
+    nodes = quantizable_nodes(model, SCHEME)
+    ranges = {"x": (float(data.inputs["x"].min()), float(data.inputs["x"].max())), "y": (-40.0, 40.0),
+              "mm": (-40.0, 40.0)}
+    before = measure_shifts(quantize_qdq(model, SCHEME, ranges, nodes), model, data, ["mm"])["mm"]
+    corrected, layers = apply_shifts(model, {"mm": before})
+    assert layers == ["mm"]
+    after = measure_shifts(quantize_qdq(corrected, SCHEME, ranges, nodes), model, data, ["mm"])["mm"]
+    assert before.relative_shift > 0.002
+    assert after.relative_shift < 0.25 * before.relative_shift  # the report sees the corrected bias
+    assert after.sqnr_db > before.sqnr_db
 
 
 # --- the pass and the CLI ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ run over the calibration data gives per output channel (the channel axis: 1 for 
     shift_c = E[ỹ_c − y_c],    E[(ỹ_c − y_c)²],    E[y_c²]
 
 so each layer's own shift is measured on the inputs it really gets, independent of the layers before it
+(a MatMul whose bias is the ``Add`` after it is measured after that Add, where its correction goes)
 (where the quantizer removed a Relu / Clip ahead of the layer — its output range clips instead — the twin
 applies it again).
 The biases of the float model are corrected (a Conv without a bias gets one; a Gemm without ``C`` gets
@@ -180,13 +181,17 @@ def measure_shifts(quantized: onnx.ModelProto, float_model: onnx.ModelProto, dat
         reference = unique_tensor_name(graph, f"{PREFIX}_{target.name}_ref")
         twin = helper.make_node(original.op_type, inputs, [reference], name=unique_node_name(graph, f"{PREFIX}_{target.name}"))
         twin.attribute.extend(original.attribute)
+        graph.node.append(twin)
+        measured = target.node.output[0]
+        biased = _through_bias_add(graph, graph_inits, float_model.graph, inits, target, original, reference)
+        if biased is not None:
+            measured, reference = biased
         diff = unique_tensor_name(graph, f"{PREFIX}_{target.name}_diff")
         diff2 = unique_tensor_name(graph, f"{PREFIX}_{target.name}_diff2")
         ref2 = unique_tensor_name(graph, f"{PREFIX}_{target.name}_ref2")
         names = tuple(unique_tensor_name(graph, f"{PREFIX}_{target.name}_{kind}") for kind in ("shift", "err", "pow"))
         graph.node.extend([
-            twin,
-            helper.make_node("Sub", [target.node.output[0], reference], [diff], name=unique_node_name(graph, diff)),
+            helper.make_node("Sub", [measured, reference], [diff], name=unique_node_name(graph, diff)),
             helper.make_node("Mul", [diff, diff], [diff2], name=unique_node_name(graph, diff2)),
             helper.make_node("Mul", [reference, reference], [ref2], name=unique_node_name(graph, ref2)),
         ])
@@ -208,6 +213,28 @@ def measure_shifts(quantized: onnx.ModelProto, float_model: onnx.ModelProto, dat
     return {layer: LayerShift(layer, sums[shift] / count, float(np.mean(sums[err]) / count),
                               float(np.mean(sums[power]) / count))
             for layer, (shift, err, power) in outputs.items()}
+
+
+def _through_bias_add(graph: onnx.GraphProto, graph_inits: dict[str, onnx.TensorProto], float_graph: onnx.GraphProto,
+                      float_inits: dict[str, onnx.TensorProto], target: _Target, original: onnx.NodeProto,
+                      reference: str) -> tuple[str, str] | None:
+    """For a MatMul corrected in the bias ``Add`` after it: ``(quantized Add output, twin + original bias)``.
+
+    The correction goes into that Add's constant, so the layer is measured after it: the quantized side
+    adds the constant the model being measured holds (corrected or not), the float twin the float model's.
+    ``None`` for other layers, or when either graph lacks the Add (then the MatMul output is measured)."""
+    if original.op_type != "MatMul" or original.input[1] not in float_inits:
+        return None
+    channels = int(float_inits[original.input[1]].dims[-1])
+    in_float = _bias_add(float_graph, original, float_inits, channels)
+    in_quantized = _bias_add(graph, target.node, graph_inits, channels)
+    if in_float is None or in_quantized is None:
+        return None
+    add, index = in_float
+    bias = _same_tensor(graph, graph_inits, float_inits[add.input[index]])
+    out = unique_tensor_name(graph, f"{PREFIX}_{target.name}_ref_biased")
+    graph.node.append(helper.make_node("Add", [reference, bias], [out], name=unique_node_name(graph, out)))
+    return in_quantized[0].output[0], out
 
 
 def _bias_add(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
