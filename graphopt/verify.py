@@ -206,6 +206,15 @@ def metric_kind(name: str, reference: dict[str, np.ndarray], labels: np.ndarray 
     return "cosine"
 
 
+def sqnr_db(signal_power: float, noise_power: float) -> float:
+    """Signal-to-quantization-noise ratio ``10·log10(signal / noise)`` in dB; ``inf`` without noise.
+
+    Powers may be sums or means (the ratio is the same); a zero signal counts as 1e-30."""
+    if noise_power <= 0.0:
+        return float("inf")
+    return float(10.0 * np.log10(max(float(signal_power), 1e-30) / noise_power))
+
+
 def mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Mean over samples (axis 0) of the cosine similarity of the flattened samples.
 

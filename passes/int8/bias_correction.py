@@ -46,6 +46,7 @@ from graphopt.passes.int8.graph_edit import (
     unique_tensor_name,
 )
 from graphopt.passes.int8.scheme import graph_links
+from graphopt.verify import sqnr_db
 
 CORRECTED_OPS = ("Conv", "Gemm", "MatMul")
 FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu")
@@ -65,9 +66,7 @@ class LayerShift:
 
     @property
     def sqnr_db(self) -> float:
-        if self.error_power <= 0:
-            return float("inf")
-        return float(10 * np.log10(max(self.signal_power, 1e-30) / self.error_power))
+        return sqnr_db(self.signal_power, self.error_power)
 
     @property
     def relative_shift(self) -> float:

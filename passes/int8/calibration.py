@@ -52,6 +52,7 @@ import onnx_ir as ir
 
 from graphopt.calibration import TensorSummary, stream_summaries
 from graphopt.data import DataSet, input_specs
+from graphopt.verify import sqnr_db
 
 CalibMethod = Literal["minmax", "entropy", "percentile"]
 CALIB_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
@@ -207,7 +208,7 @@ class TensorHistogram:
         power = float((self.counts * centres**2).sum() / self.counts.sum())
         if step <= 0.0 or power <= 0.0:
             return None
-        return float(10.0 * np.log10(power / (step * step / 12.0)))
+        return sqnr_db(power, step * step / 12.0)
 
     def range(self, method: CalibMethod, percentile: float = 99.999) -> tuple[float, float]:
         """``(low, high)`` to quantize this tensor with."""

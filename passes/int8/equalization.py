@@ -41,6 +41,7 @@ from onnx import numpy_helper
 from graphopt.passes.int8.graph_edit import drop_unused_initializers, initializer_array, new_initializer
 from graphopt.passes.int8.scheme import Int8Scheme, graph_links
 from graphopt.passes.int8.smoothquant import fake_quant_weight
+from graphopt.verify import sqnr_db
 
 HOMOGENEOUS = ("Identity", "Relu", "LeakyRelu", "PRelu")
 """Positively homogeneous per-channel activations (a ``Clip`` with no upper bound counts too)."""
@@ -166,8 +167,7 @@ def weight_sqnr_db(weight: np.ndarray, scheme: Int8Scheme) -> float:
     on axis 0 here)."""
     flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
     error = flat - fake_quant_weight(flat.T, scheme).T
-    noise = float((error**2).sum())
-    return float("inf") if noise == 0 else float(10 * np.log10((flat**2).sum() / noise))
+    return sqnr_db(float((flat**2).sum()), float((error**2).sum()))
 
 
 def _input_ranges(weight: np.ndarray, depthwise: bool, channels: int) -> np.ndarray:

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from graphopt.passes.int8.calibration import TensorHistogram, entropy_threshold, percentile_threshold
+from graphopt.verify import sqnr_db
 
 PERCENTILES = (99.9, 99.99, 99.999)
 
@@ -105,9 +106,7 @@ def _sqnr_db(state: TensorHistogram, error: float) -> float:
     counts = state.counts.astype(np.float64)
     centres = (np.arange(len(counts)) + 0.5) * state.width
     power = float((counts * centres**2).sum() / counts.sum())
-    if error <= 0.0 or power <= 0.0:
-        return float("inf")
-    return float(10.0 * np.log10(power / error))
+    return float("inf") if power <= 0.0 else sqnr_db(power, error)
 
 
 def choose_ranges(states: Mapping[str, TensorHistogram], ranges: Mapping[str, tuple[float, float]], *,

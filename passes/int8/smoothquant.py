@@ -50,6 +50,7 @@ from graphopt.passes.int8.graph_edit import (
     unique_tensor_name,
 )
 from graphopt.passes.int8.scheme import Int8Scheme, constant_names, graph_links
+from graphopt.verify import sqnr_db
 
 ALPHAS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
 """Migration strengths tried per activation (the paper uses 0.5 for most models, up to 0.75–0.85)."""
@@ -178,15 +179,12 @@ def output_sqnr_db(x: np.ndarray, w: np.ndarray, scales: np.ndarray, scheme: Int
     """SQNR (dB) of ``Q(X/s)·Q(W·s)`` against ``X·W``."""
     reference = x @ w
     approx = fake_quant_activation(x / scales, scheme) @ fake_quant_weight(w * scales[:, None], scheme)
-    noise = float(((reference - approx) ** 2).sum())
-    signal = float((reference ** 2).sum())
-    return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
+    return sqnr_db(float((reference ** 2).sum()), float(((reference - approx) ** 2).sum()))
 
 
 def input_sqnr_db(x: np.ndarray, scheme: Int8Scheme) -> float:
     """SQNR (dB) of ``x`` through Q→DQ at its own min/max (the activation alone, no weight)."""
-    noise = float(((x - fake_quant_activation(x, scheme)) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * np.log10(max(float((x ** 2).sum()), 1e-30) / noise)
+    return sqnr_db(float((x ** 2).sum()), float(((x - fake_quant_activation(x, scheme)) ** 2).sum()))
 
 
 def split_sqnr_db(x: np.ndarray, w: np.ndarray, channels: np.ndarray, scheme: Int8Scheme) -> float:
@@ -196,8 +194,7 @@ def split_sqnr_db(x: np.ndarray, w: np.ndarray, channels: np.ndarray, scheme: In
     inliers_w[channels, :] = 0.0
     reference = x @ w
     approx = fake_quant_activation(inliers_x, scheme) @ fake_quant_weight(inliers_w, scheme) + x[:, channels] @ w[channels]
-    noise = float(((reference - approx) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * np.log10(max(float((reference ** 2).sum()), 1e-30) / noise)
+    return sqnr_db(float((reference ** 2).sum()), float(((reference - approx) ** 2).sum()))
 
 
 def smoothquant(model: onnx.ModelProto, data: DataSet, nodes: Iterable[str], scheme: Int8Scheme, *,
