@@ -40,13 +40,16 @@ OPTIONS = [
     click.option("--no-qdq-folds", is_flag=True,
                  help="int8 (cpu): keep outlier-split masks and constant scales after quantized MatMuls as float "
                       "ops instead of folding them into the Q/DQ nodes (exact either way)."),
+    click.option("--no-batched-gemm", is_flag=True,
+                 help="int8 (cpu): keep MatMul + bias Add pairs as they are instead of Reshape → Gemm → Reshape, "
+                      "which onnxruntime runs as one QGemm also when input shapes are static."),
     click.option("--keep-best", is_flag=True,
                  help="Write the best int8 model found even when --max-accuracy-drop is missed (exit code stays 1)."),
 ]
 
 _INT8_ONLY = ("calib_method", "calib_samples", "calib_random", "exclude_nodes", "exclude_op_types", "keep_best",
               "smoothquant", "no_outlier_split", "no_float_attention", "no_range_choice", "no_equalization",
-              "no_bias_correction", "no_gelu_fusion", "no_qdq_folds")
+              "no_bias_correction", "no_gelu_fusion", "no_qdq_folds", "no_batched_gemm")
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -82,4 +85,5 @@ def build_pass(params: dict):
         bias_correction=not params.get("no_bias_correction"),
         gelu_fusion=not params.get("no_gelu_fusion"),
         qdq_folds=not params.get("no_qdq_folds"),
+        batched_gemm=not params.get("no_batched_gemm"),
     ))

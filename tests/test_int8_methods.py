@@ -273,8 +273,10 @@ def test_an_explicit_calibration_method_is_not_overridden_by_the_range_choice():
     (["--no-bias-correction"], {"bias-correction"}),
     (["--no-gelu-fusion"], {"gelu-fusion"}),
     (["--no-qdq-folds"], {"qdq-folds"}),
-    (["--no-range-choice", "--no-equalization", "--no-bias-correction", "--no-gelu-fusion", "--no-qdq-folds"],
-     {"range-choice", "equalization", "bias-correction", "gelu-fusion", "qdq-folds"}),
+    (["--no-batched-gemm"], {"batched-gemm"}),
+    (["--no-range-choice", "--no-equalization", "--no-bias-correction", "--no-gelu-fusion", "--no-qdq-folds",
+      "--no-batched-gemm"],
+     {"range-choice", "equalization", "bias-correction", "gelu-fusion", "qdq-folds", "batched-gemm"}),
 ])
 def test_cli_flags_turn_the_methods_off(tmp_path, flags, absent):
     import json
@@ -299,7 +301,8 @@ def test_cli_flags_turn_the_methods_off(tmp_path, flags, absent):
                                               ("equalization", defaults.equalization),
                                               ("bias-correction", defaults.bias_correction),
                                               ("gelu-fusion", defaults.gelu_fusion),
-                                              ("qdq-folds", defaults.qdq_folds)) if flag}
+                                              ("qdq-folds", defaults.qdq_folds),
+                                              ("batched-gemm", defaults.batched_gemm)) if flag}
     assert on_by_default - absent <= methods
 
 

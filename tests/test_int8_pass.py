@@ -90,10 +90,18 @@ def test_conv_residual_gemm_matches_float(method):
 
 
 def test_residual_add_quantized_but_bias_add_not():
-    result = _optimize(mlp_matmul(), DataSet({"x": RNG.standard_normal((40, 16)).astype(np.float32)}))
+    calib = DataSet({"x": RNG.standard_normal((40, 16)).astype(np.float32)})
+    result = _optimize(mlp_matmul(), calib, options={"batched_gemm": False})
     proto = graphopt.model_io.to_proto(result.model)
     names = {n.name: n for n in proto.graph.node}
     assert "bias1" in names and not any(i.endswith("_DequantizeLinear_Output") for i in names["bias1"].input[1:])
+    # by default (cpu) the pair is one Gemm, named as the MatMul, whose bias is quantized like a Gemm's (int32)
+    batched = graphopt.model_io.to_proto(_optimize(mlp_matmul(), calib).model)
+    nodes = {n.name: n for n in batched.graph.node}
+    assert nodes["mm1"].op_type == "Gemm" and "bias1" not in nodes
+    bias_dq = next(n for n in batched.graph.node if n.output[0] == nodes["mm1"].input[2])
+    stored = next(i for i in batched.graph.initializer if i.name == bias_dq.input[0])
+    assert bias_dq.op_type == "DequantizeLinear" and stored.data_type == TensorProto.INT32
     conv = conv_residual_gemm()
     res = _optimize(conv, DataSet({"x": RNG.standard_normal((40, 3, 8, 8)).astype(np.float32)}))
     add = next(n for n in graphopt.model_io.to_proto(res.model).graph.node if n.op_type == "Add")

@@ -57,6 +57,7 @@ def _ops(model: onnx.ModelProto) -> list[str]:
 def _ort_optimized_ops(model: onnx.ModelProto, tmp_path) -> list[str]:
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
+    options.log_severity_level = 3  # not the note that an optimized file is machine-specific
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return _ops(onnx.load(options.optimized_model_filepath))
 

@@ -5,7 +5,8 @@ Steps:
 2. choose the scheme for the target (:mod:`graphopt.passes.int8.scheme`) and the nodes it
    quantizes (minus ``exclude_nodes`` / ``exclude_op_types``; on a CPU without VNNI minus the
    activation×activation MatMuls, :mod:`graphopt.passes.int8.attention_float`);
-   then, on the float graph, equalize consecutive Conv pairs exactly (cross-layer equalization,
+   then, on the float graph, (``cpu``) write MatMul + bias Add pairs as Gemm
+   (:mod:`graphopt.passes.int8.batched_gemm`), equalize consecutive Conv pairs exactly (cross-layer equalization,
    :mod:`graphopt.passes.int8.equalization`) and, checked by measured SQNR, split the massive outlier
    input channels of low-resolution layers off into a small float MatMul
    (:mod:`graphopt.passes.int8.outlier_split`) and (opt-in) migrate activation outliers into the weights
@@ -53,6 +54,7 @@ from graphopt.opset_upgrade import opset_version
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
 from graphopt.passes.int8 import (
     attention_float,
+    batched_gemm,
     bias_correction,
     equalization,
     gelu_fusion,
@@ -133,6 +135,9 @@ class Int8Options:
     qdq_folds: bool = True
     """On the ``cpu`` target drop the outlier-split masks and fold constant scales after quantized MatMuls
     into their DequantizeLinear, both exact (:mod:`.qdq_folds`)."""
+    batched_gemm: bool = True
+    """On the ``cpu`` target write each quantized MatMul + bias Add as ``Reshape → Gemm → Reshape``, which
+    onnxruntime runs as one QGemm also when the input shapes are static (:mod:`.batched_gemm`)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.percentile <= 100:
@@ -186,6 +191,12 @@ class Int8Pass(GraphoptPass):
         notes: list[str] = []
         data = self._calibration_data(model)
         guard = options.min_sqnr_db is not None
+        if options.batched_gemm and scheme.target == "cpu":  # exact; first, so every method sees the Gemms
+            batched = batched_gemm.batch_gemms(proto, nodes)
+            if batched.layers:  # the new Reshapes carry int8 between the Gemms like the others
+                proto = batched.model
+                nodes = quantizable_nodes(proto, scheme, options.exclude_nodes, options.exclude_op_types)
+            methods.append(batched.report())
         if options.float_attention_matmuls and attention_float.applies(scheme):
             act_act = attention_float.activation_matmuls(proto, nodes)
             if act_act:

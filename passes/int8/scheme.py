@@ -269,6 +269,7 @@ def quantize_qdq(model: onnx.ModelProto, scheme: Int8Scheme, ranges: Mapping[str
     drop_output_qdq_into_float(result, set(nodes))
     if scheme.target == "cpu":
         float_readers_skip_rounding(result, set(nodes))
+        shape_readers_skip_dequantize(result)
     return result
 
 
@@ -386,4 +387,26 @@ def float_readers_skip_rounding(model: onnx.ModelProto, quantized: set[str]) -> 
                          or op_type == "QuantizeLinear")]
             for node in dead:
                 graph.node.remove(node)
+    return rewired
+
+
+def shape_readers_skip_dequantize(model: onnx.ModelProto) -> int:
+    """Let ``Shape`` / ``Size`` nodes that read a ``DequantizeLinear`` output read its quantized input.
+
+    The shape is the same, and onnxruntime would otherwise dequantize the whole tensor just to read its
+    dimensions (a Reshape's computed target shape, e.g. the one :mod:`.batched_gemm` writes, reading an
+    int8 activation). DQs left without readers are removed. Returns the number of readers rewired."""
+    graph = model.graph
+    producers, consumers = graph_links(graph)
+    outputs = {o.name for o in graph.output}
+    rewired = 0
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
+        for reader in consumers.get(dq.output[0], []):
+            if reader.op_type in ("Shape", "Size") and reader.domain in ("", "ai.onnx"):
+                reader.input[0] = dq.input[0]
+                rewired += 1
+    if rewired:
+        read = {name for node in graph.node for name in node.input} | outputs
+        for dq in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in read]:
+            graph.node.remove(dq)
     return rewired
