@@ -21,7 +21,8 @@ K, N = 16, 24
 VNNI = Target("cpu", cpu_vnni=True)
 
 
-def _layer(dims=("B", "S", K), bias_first: bool = True, extra_reader: bool = False) -> onnx.ModelProto:
+def _layer(dims=("B", "S", K), bias_first: bool = True, extra_reader: bool = False,
+           bias_shape: tuple[int, ...] = (N,)) -> onnx.ModelProto:
     """x → MatMul(W) → Add(bias, ·) → Relu → y (the bias Add written bias-first, as PyTorch exports it)."""
     rng = np.random.default_rng(3)
     add_inputs = ["bias", "mm"] if bias_first else ["mm", "bias"]
@@ -35,7 +36,7 @@ def _layer(dims=("B", "S", K), bias_first: bool = True, extra_reader: bool = Fal
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))], outputs,
         [numpy_helper.from_array(rng.standard_normal((K, N)).astype(np.float32), "w"),
-         numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "bias")])
+         numpy_helper.from_array(rng.standard_normal(N).astype(np.float32).reshape(bias_shape), "bias")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -56,6 +57,15 @@ def test_the_gemm_form_computes_the_same_for_any_leading_dims():
     for shape in ((2, 5, K), (1, 9, K), (3, 1, K)):
         x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(_run(batched.model, x), _run(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_bias_stored_as_1x1xN_becomes_the_gemm_vector():
+    model = _layer(bias_shape=(1, 1, N))
+    batched = batch_gemms(model, ["dense"])
+    gemm = next(n for n in batched.model.graph.node if n.op_type == "Gemm")
+    assert [list(i.dims) for i in batched.model.graph.initializer if i.name == gemm.input[2]] == [[N]]
+    x = np.random.default_rng(5).standard_normal((2, 3, K)).astype(np.float32)
+    np.testing.assert_allclose(_run(batched.model, x), _run(model, x), rtol=1e-5, atol=1e-5)
 
 
 def test_rank_two_needs_no_reshape_and_other_layers_are_left_alone():

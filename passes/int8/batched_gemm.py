@@ -29,7 +29,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from graphopt.passes.int8.graph_edit import drop_unused_initializers, unique_node_name, unique_tensor_name
+from graphopt.passes.int8.graph_edit import (
+    drop_unused_initializers,
+    initializer_array,
+    unique_node_name,
+    unique_tensor_name,
+)
 from graphopt.passes.int8.scheme import graph_links
 
 MIN_OPSET = 13
@@ -96,7 +101,7 @@ def batch_gemms(model: onnx.ModelProto, nodes: Iterable[str]) -> Batched:
         bias_vector = bias
         if list(inits[bias].dims) != [n]:
             bias_vector = unique_tensor_name(graph, f"{bias}_vector")
-            values = numpy_helper.to_array(inits[bias]).reshape(n)
+            values = initializer_array(inits[bias]).reshape(n)
             graph.initializer.append(numpy_helper.from_array(values.astype(np.float32), bias_vector))
         position = list(graph.node).index(matmul)
         new_nodes = _rewrite(graph, matmul, weight.name, bias_vector, add.output[0], k, n, rank)
