@@ -39,6 +39,7 @@ import onnx
 
 from graphopt import large
 from graphopt.inspection import is_quant_op
+from graphopt.passes.int8.graph_edit import drop_unused_initializers
 from graphopt.target import Target
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -380,14 +381,19 @@ def float_readers_skip_rounding(model: onnx.ModelProto, quantized: set[str]) -> 
             reader.input[:] = [q.input[0] if name == dq.output[0] else name for name in reader.input]
             rewired += 1
     if rewired:
-        for op_type in ("DequantizeLinear", "QuantizeLinear"):
-            read = {name for node in graph.node for name in node.input} | outputs
-            dead = [n for n in graph.node if n.op_type == op_type and n.output[0] not in read
-                    and (op_type == "DequantizeLinear" and producers.get(n.input[0]) is not None
-                         or op_type == "QuantizeLinear")]
-            for node in dead:
-                graph.node.remove(node)
+        _remove_unread_qdq(graph)
     return rewired
+
+
+def _remove_unread_qdq(graph: onnx.GraphProto) -> None:
+    """Drop the DequantizeLinear nodes whose output nothing reads, then the QuantizeLinear nodes left so,
+    then the initializers only they read."""
+    outputs = {o.name for o in graph.output}
+    for op_type in ("DequantizeLinear", "QuantizeLinear"):
+        read = {name for node in graph.node for name in node.input} | outputs
+        for node in [n for n in graph.node if n.op_type == op_type and n.output[0] not in read]:
+            graph.node.remove(node)
+    drop_unused_initializers(graph)
 
 
 def shape_readers_skip_dequantize(model: onnx.ModelProto) -> int:
@@ -397,8 +403,7 @@ def shape_readers_skip_dequantize(model: onnx.ModelProto) -> int:
     dimensions (a Reshape's computed target shape, e.g. the one :mod:`.batched_gemm` writes, reading an
     int8 activation). DQs left without readers are removed. Returns the number of readers rewired."""
     graph = model.graph
-    producers, consumers = graph_links(graph)
-    outputs = {o.name for o in graph.output}
+    _, consumers = graph_links(graph)
     rewired = 0
     for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
         for reader in consumers.get(dq.output[0], []):
@@ -406,7 +411,5 @@ def shape_readers_skip_dequantize(model: onnx.ModelProto) -> int:
                 reader.input[0] = dq.input[0]
                 rewired += 1
     if rewired:
-        read = {name for node in graph.node for name in node.input} | outputs
-        for dq in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in read]:
-            graph.node.remove(dq)
+        _remove_unread_qdq(graph)
     return rewired
