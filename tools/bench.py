@@ -318,6 +318,21 @@ def _ort_int8_dynamic(case: Case, out: Path) -> Converted:
                                       "per run: DynamicQuantizeMatMul / MatMulInteger), no pre-processing"})
 
 
+@variant("ort-int8-dynamic-simplified", "int8", "onnxruntime")
+def _ort_int8_dynamic_simplified(case: Case, out: Path) -> Converted:
+    """``quantize_dynamic`` on graphopt's simplified model: how much of graphopt's lead is ``simplify``'s (the
+    residual ``Sum`` that keeps onnxruntime off its slow CPU SkipLayerNormalization) rather than int8's."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    simplified = out.with_name(out.stem + ".simplified.onnx")
+    _graphopt(case, simplified, {"passes": ["simplify"]})
+    try:
+        quantize_dynamic(str(simplified), str(out))
+    finally:
+        simplified.unlink(missing_ok=True)
+    return Converted(out, {"options": "graphopt simplify (cpu), then quantize_dynamic defaults"})
+
+
 @variant("occ-fp16", "fp16", "onnxconverter-common")
 def _occ_fp16(case: Case, out: Path) -> Converted:
     from onnxconverter_common import float16
