@@ -30,12 +30,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphopt.passes.int8.graph_edit import (
+    bias_add,
     drop_unused_initializers,
     initializer_array,
     unique_node_name,
     unique_tensor_name,
 )
-from graphopt.passes.int8.scheme import graph_links
 
 MIN_OPSET = 13
 
@@ -57,18 +57,6 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in infos if vi.type.tensor_type.HasField("shape")}
 
 
-def _bias(add: onnx.NodeProto, matmul_out: str, inits: dict[str, onnx.TensorProto], channels: int) -> str | None:
-    if add.op_type != "Add" or len(add.input) != 2 or matmul_out not in add.input:
-        return None
-    other = add.input[1] if add.input[0] == matmul_out else add.input[0]
-    init = inits.get(other)
-    if init is None or init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) != channels:
-        return None
-    if init.dims and init.dims[-1] != channels:
-        return None
-    return other
-
-
 def batch_gemms(model: onnx.ModelProto, nodes: Iterable[str]) -> Batched:
     """A copy of ``model`` with the rewrite of the module docstring applied to the MatMuls in ``nodes``."""
     result = onnx.ModelProto()
@@ -80,7 +68,6 @@ def batch_gemms(model: onnx.ModelProto, nodes: Iterable[str]) -> Batched:
     wanted = set(nodes)
     inits = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
-    _, consumers = graph_links(graph)
     ranks = _ranks(result)
     done: list[str] = []
     for matmul in list(graph.node):
@@ -90,14 +77,11 @@ def batch_gemms(model: onnx.ModelProto, nodes: Iterable[str]) -> Batched:
         rank = ranks.get(matmul.input[0], 0)
         if weight is None or len(weight.dims) != 2 or rank < 2 or matmul.output[0] in outputs:
             continue
-        readers = consumers.get(matmul.output[0], [])
-        if len(readers) != 1:
-            continue
-        add = readers[0]
         k, n = (int(d) for d in weight.dims)
-        bias = _bias(add, matmul.output[0], inits, n)
-        if bias is None:
+        found = bias_add(graph, matmul, inits, n)
+        if found is None or inits[found[0].input[found[1]]].data_type != onnx.TensorProto.FLOAT:
             continue
+        add, bias = found[0], found[0].input[found[1]]
         bias_vector = bias
         if list(inits[bias].dims) != [n]:
             bias_vector = unique_tensor_name(graph, f"{bias}_vector")

@@ -39,6 +39,7 @@ from graphopt import large
 from graphopt.calibration import stream_tensors
 from graphopt.data import DataSet
 from graphopt.passes.int8.graph_edit import (
+    bias_add,
     drop_unused_initializers,
     initializer_array,
     new_initializer,
@@ -182,7 +183,7 @@ def measure_shifts(quantized: onnx.ModelProto, float_model: onnx.ModelProto, dat
         twin.attribute.extend(original.attribute)
         graph.node.append(twin)
         measured = target.node.output[0]
-        biased = _through_bias_add(graph, graph_inits, float_model.graph, inits, target, original, reference)
+        biased = _throughbias_add(graph, graph_inits, float_model.graph, inits, target, original, reference)
         if biased is not None:
             measured, reference = biased
         diff = unique_tensor_name(graph, f"{PREFIX}_{target.name}_diff")
@@ -214,7 +215,7 @@ def measure_shifts(quantized: onnx.ModelProto, float_model: onnx.ModelProto, dat
             for layer, (shift, err, power) in outputs.items()}
 
 
-def _through_bias_add(graph: onnx.GraphProto, graph_inits: dict[str, onnx.TensorProto], float_graph: onnx.GraphProto,
+def _throughbias_add(graph: onnx.GraphProto, graph_inits: dict[str, onnx.TensorProto], float_graph: onnx.GraphProto,
                       float_inits: dict[str, onnx.TensorProto], target: _Target, original: onnx.NodeProto,
                       reference: str) -> tuple[str, str] | None:
     """For a MatMul corrected in the bias ``Add`` after it: ``(quantized Add output, twin + original bias)``.
@@ -225,8 +226,8 @@ def _through_bias_add(graph: onnx.GraphProto, graph_inits: dict[str, onnx.Tensor
     if original.op_type != "MatMul" or original.input[1] not in float_inits:
         return None
     channels = int(float_inits[original.input[1]].dims[-1])
-    in_float = _bias_add(float_graph, original, float_inits, channels)
-    in_quantized = _bias_add(graph, target.node, graph_inits, channels)
+    in_float = bias_add(float_graph, original, float_inits, channels)
+    in_quantized = bias_add(graph, target.node, graph_inits, channels)
     if in_float is None or in_quantized is None:
         return None
     add, index = in_float
@@ -234,22 +235,6 @@ def _through_bias_add(graph: onnx.GraphProto, graph_inits: dict[str, onnx.Tensor
     out = unique_tensor_name(graph, f"{PREFIX}_{target.name}_ref_biased")
     graph.node.append(helper.make_node("Add", [reference, bias], [out], name=unique_node_name(graph, out)))
     return in_quantized[0].output[0], out
-
-
-def _bias_add(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
-              channels: int) -> tuple[onnx.NodeProto, int] | None:
-    """The ``Add`` right after a MatMul that only it reads, with a constant of ``channels`` values: ``(add, index)``."""
-    _, consumers = graph_links(graph)
-    readers = consumers.get(node.output[0], [])
-    if len(readers) != 1 or readers[0].op_type != "Add" or node.output[0] in {o.name for o in graph.output}:
-        return None
-    add = readers[0]
-    for index in (0, 1):
-        const = inits.get(add.input[index])
-        if const is not None and add.input[1 - index] == node.output[0] and \
-                int(np.prod(const.dims)) == channels and const.dims and const.dims[-1] == channels:
-            return add, index
-    return None
 
 
 def apply_shifts(float_model: onnx.ModelProto, shifts: dict[str, LayerShift]) -> tuple[onnx.ModelProto, list[str]]:
@@ -285,7 +270,7 @@ def apply_shifts(float_model: onnx.ModelProto, shifts: dict[str, LayerShift]) ->
                     node.input.append(name)
             corrected.append(node.name)
         elif node.op_type == "MatMul":
-            found = _bias_add(graph, node, inits, len(shift))
+            found = bias_add(graph, node, inits, len(shift))
             if found is None:
                 continue
             add, index = found

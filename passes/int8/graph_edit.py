@@ -32,6 +32,23 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
         graph.initializer.remove(init)
 
 
+def bias_add(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
+             channels: int) -> tuple[onnx.NodeProto, int] | None:
+    """The ``Add`` that alone reads ``node``'s output (not a graph output) and adds a constant of ``channels``
+    values, its last dim ``channels`` (a layer's bias): ``(add, index of the constant)``, else ``None``."""
+    output = node.output[0]
+    readers = [n for n in graph.node if output in n.input]
+    if len(readers) != 1 or readers[0].op_type != "Add" or output in {o.name for o in graph.output}:
+        return None
+    add = readers[0]
+    for index in (0, 1):
+        const = inits.get(add.input[index])
+        if const is not None and add.input[1 - index] == output and \
+                int(np.prod(const.dims)) == channels and const.dims and const.dims[-1] == channels:
+            return add, index
+    return None
+
+
 def new_initializer(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], base: str,
                      value: np.ndarray) -> str:
     """Add ``value`` as a new initializer (a unique name near ``base``); returns the name. The old one is
