@@ -9,7 +9,10 @@ Steps:
    subexpression elimination, unused nodes / initializers / functions / opsets removed;
 3. (``cpu`` target) residual Adds read by a LayerNorm written as ``Sum``, so onnxruntime keeps
    Add + LayerNormalization instead of its slower CPU SkipLayerNormalization
-   (:mod:`graphopt.passes.residual_sum`).
+   (:mod:`graphopt.passes.residual_sum`);
+4. (``cpu`` target) transformer activations kept as 2-D ``[tokens, channels]`` rows between their Gemms,
+   which drops the flatten / unflatten Reshapes and their shape chains (:mod:`graphopt.passes.token_rows`),
+   then common subexpressions and unused nodes removed again.
 
 The pass is ``lossless``: the PassManager compares its outputs with the original model on the
 evaluation data (or probe inputs) and rolls it back when they differ.
@@ -27,6 +30,7 @@ from graphopt.inspection import op_histogram
 from graphopt.model_io import custom_domains
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
 from graphopt.passes.residual_sum import residual_sums
+from graphopt.passes.token_rows import token_rows
 
 ONNXSIM_SKIPPED = ("fuse_preceding_mul_into_conv",)
 """onnxsim optimizers left out. ``fuse_preceding_mul_into_conv`` folds the ``× 0.5`` of an erf-GELU
@@ -47,6 +51,9 @@ class SimplifyOptions:
     residual_sum: bool = True
     """On the ``cpu`` target, write residual Adds read by a LayerNorm as ``Sum``
     (:mod:`graphopt.passes.residual_sum`): exact, and 3–8× faster on onnxruntime's CPU provider."""
+    token_rows: bool = True
+    """On the ``cpu`` target, keep transformer activations as 2-D rows between their Gemms
+    (:mod:`graphopt.passes.token_rows`): the same values, fewer nodes."""
 
 
 class SimplifyPass(GraphoptPass):
@@ -83,15 +90,24 @@ class SimplifyPass(GraphoptPass):
         cleanup += [ir_common.RemoveUnusedNodesPass(), ir_common.RemoveUnusedFunctionsPass(),
                     ir_common.RemoveUnusedOpsetsPass()]
         ir.passes.Sequential(*cleanup)(working)
+        on_cpu = self.context.target.kind == "cpu"
+        sums = residual_sums(working) if self.options.residual_sum and on_cpu else []
+        rows_moved = 0
+        if self.options.token_rows and on_cpu:
+            working, rows_moved = token_rows(working)
+            if rows_moved:  # the per-layer shape chains are now equal: CSE merges them
+                ir.passes.Sequential(*cleanup[2:])(working)
         after = op_histogram(working)
-        sums = residual_sums(working) if self.options.residual_sum and self.context.target.kind == "cpu" else []
         removed = {op: before[op] - after.get(op, 0) for op in before if before[op] > after.get(op, 0)}
         stats = {"nodes_removed": sum(before.values()) - sum(after.values())}
         if removed:
             stats["ops_removed"] = ", ".join(f"{op}×{n}" for op, n in sorted(removed.items(), key=lambda kv: -kv[1]))
         if sums:
             stats["residual_sums"] = len(sums)
-        modified = before != after or bool(sums) or len(working.graph.initializers) != len(model.graph.initializers)
+        if rows_moved:
+            stats["ops_on_token_rows"] = rows_moved
+        modified = (before != after or bool(sums) or bool(rows_moved)
+                    or len(working.graph.initializers) != len(model.graph.initializers))
         return self.result(working, modified, stats, notes)
 
 
