@@ -1,7 +1,7 @@
 """Content-addressed cache of pass results, capped in size, least recently used evicted first.
 
 key = sha256(input model hash, pass name + options fingerprint, data fingerprints, target,
-library versions). A re-run with one changed option redoes only the passes from that one on,
+library versions, a hash of graphopt's own sources). A re-run with one changed option redoes only the passes from that one on,
 because each pass's key chains from the hash of the model it received.
 
 Location: ``$GRAPHOPT_CACHE_DIR``, else ``~/.cache/graphopt``; ``--cache-dir`` / ``--no-cache``.
@@ -28,7 +28,7 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.large import weight_bytes
 from graphopt.model_io import load_model, save_model
-from graphopt.versions import library_versions
+from graphopt.versions import library_versions, source_fingerprint
 
 CACHE_ENV = "GRAPHOPT_CACHE_DIR"
 CACHE_MAX_ENV = "GRAPHOPT_CACHE_MAX"
@@ -95,7 +95,8 @@ class PassCache:
     @staticmethod
     def key(model_hash: str, fingerprint: dict, extra: dict) -> str:
         payload = json.dumps(
-            {"model": model_hash, "pass": fingerprint, "extra": extra, "versions": library_versions()},
+            {"model": model_hash, "pass": fingerprint, "extra": extra, "versions": library_versions(),
+             "source": source_fingerprint()},
             sort_keys=True, default=str,
         )
         return hashlib.sha256(payload.encode()).hexdigest()

@@ -97,3 +97,13 @@ def test_cache_info_and_clear(tmp_path, monkeypatch):
     assert cleared.exit_code == 0, cleared.output
     assert f"removed 3 pass results, freed {size / 1024:.1f} KB" in cleared.output
     assert cache.entries() == [] and cache.size() == 0
+
+
+def test_a_change_to_graphopt_sources_changes_every_key(monkeypatch):
+    """A git checkout or an editable install keeps its version number across commits: the key must not."""
+    import graphopt.cache
+
+    before = PassCache.key("model-hash", {"pass": "simplify"}, {})
+    assert PassCache.key("model-hash", {"pass": "simplify"}, {}) == before
+    monkeypatch.setattr(graphopt.cache, "source_fingerprint", lambda: "another source tree")
+    assert PassCache.key("model-hash", {"pass": "simplify"}, {}) != before
