@@ -158,9 +158,10 @@ def test_already_quantized_uses_inspects_rule():
     assert is_quantized(graph_with("Gemm")) == []
 
 
-def _residual_model():
+def _residual_model(rows: bool = False):
     """LayerNorm output read by a MatMul (int8) and by the residual Add (float, LayerNorm reads it);
-    an embedding Gather (int8 table) read by a float Add."""
+    an embedding Gather (int8 table) read by a float Add. ``rows``: both read the LayerNorm output
+    flattened to 2-D rows (a Reshape, as :mod:`graphopt.passes.token_rows` leaves the first layer)."""
     d = 8
     nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
              helper.make_node("Add", ["emb", "x"], ["h"], name="embed_add"),
@@ -168,12 +169,17 @@ def _residual_model():
              helper.make_node("MatMul", ["ln", "w"], ["mm"], name="mm"),
              helper.make_node("Add", ["mm", "ln"], ["res"], name="residual"),
              helper.make_node("LayerNormalization", ["res", "g", "b"], ["y"], axis=-1, name="ln2")]
+    if rows:
+        nodes.insert(3, helper.make_node("Reshape", ["ln_3d", "flat"], ["ln"], name="flatten"))
+        nodes[2].output[0] = "ln_3d"
     inits = [numpy_helper.from_array(RNG.standard_normal((600, d)).astype(np.float32) * 0.1, "table"),
              numpy_helper.from_array(RNG.standard_normal((d, d)).astype(np.float32), "w"),
-             numpy_helper.from_array(np.ones(d, np.float32), "g"), numpy_helper.from_array(np.zeros(d, np.float32), "b")]
+             numpy_helper.from_array(np.ones(d, np.float32), "g"), numpy_helper.from_array(np.zeros(d, np.float32), "b"),
+             numpy_helper.from_array(np.array([-1, d], np.int64), "flat")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4]),
                                            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, d])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, d])], inits)
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", d] if rows else ["N", 4, d])],
+                              inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -198,3 +204,19 @@ def test_float_readers_read_the_float_tensor_not_its_rounded_copy(monkeypatch):
     embed_add = next(n for n in quantized.graph.node if n.name == "embed_add")
     assert producers[embed_add.input[0]].op_type == "DequantizeLinear"
     assert "table" not in {i.name for i in quantized.graph.initializer}
+
+
+def test_a_float_reshape_listed_as_quantized_still_counts_as_float():
+    """The quantizer lists a Reshape between quantized ops with them, but one that reads the float LayerNorm
+    output computes in float: the residual Add reads its float output, not DQ(Q(·))."""
+    model = _residual_model(rows=True)
+    scheme = scheme_for(Target("cpu", cpu_vnni=True))
+    nodes = quantizable_nodes(model, scheme)
+    assert {"mm", "flatten"} <= set(nodes)  # the case at stake: the Reshape is among the quantized nodes
+    ranges = {name: (-4.0, 4.0) for name in tensors_to_calibrate(model, nodes)}
+    quantized = quantize_qdq(model, scheme, ranges, nodes)
+    producers = {o: n for n in quantized.graph.node for o in n.output}
+    residual = next(n for n in quantized.graph.node if n.name == "residual")
+    matmul = next(n for n in quantized.graph.node if n.name == "mm")
+    assert "ln" in residual.input and producers["ln"].op_type == "Reshape"
+    assert producers[matmul.input[0]].op_type == "DequantizeLinear"
