@@ -12,7 +12,7 @@ import graphopt
 from graphopt.data import DataSet
 from graphopt.engines import ort as ort_engine
 from graphopt.passes.int8 import Int8Options, Int8Pass
-from graphopt.passes.int8.batched_gemm import batch_gemms
+from graphopt.passes.int8.methods.batched_gemm import batch_gemms
 from graphopt.passes.int8.scheme import shape_readers_skip_dequantize
 from graphopt.target import Target
 from graphopt.verify import mean_cosine

@@ -11,10 +11,10 @@ import graphopt
 from graphopt.data import DataSet
 from graphopt.engines import ort as ort_engine
 from graphopt.passes.int8 import Int8Options, Int8Pass
-from graphopt.passes.int8.bias_correction import apply_shifts, measure_shifts
 from graphopt.passes.int8.calibration import TensorHistogram
-from graphopt.passes.int8.equalization import equalize, find_pairs
-from graphopt.passes.int8.range_choice import candidates, choose_ranges, expected_error
+from graphopt.passes.int8.methods.bias_correction import apply_shifts, measure_shifts
+from graphopt.passes.int8.methods.equalization import equalize, find_pairs
+from graphopt.passes.int8.methods.range_choice import candidates, choose_ranges, expected_error
 from graphopt.passes.int8.scheme import quantizable_nodes, quantize_qdq, scheme_for
 from graphopt.target import Target
 
@@ -116,7 +116,7 @@ def gelu_model():
 
 
 def test_gelu_fusion_is_exact_and_survives_quantization():
-    from graphopt.passes.int8.gelu_fusion import fuse_gelus
+    from graphopt.passes.int8.methods.gelu_fusion import fuse_gelus
 
     model = gelu_model()
     fused, count, why = fuse_gelus(model)
@@ -133,7 +133,7 @@ def test_gelu_fusion_is_exact_and_survives_quantization():
 
 
 def test_gelu_fusion_leaves_a_gelu_whose_inner_value_is_read_elsewhere():
-    from graphopt.passes.int8.gelu_fusion import find_gelus
+    from graphopt.passes.int8.methods.gelu_fusion import find_gelus
 
     model = gelu_model()
     model.graph.output.append(helper.make_tensor_value_info("he", TensorProto.FLOAT, None))

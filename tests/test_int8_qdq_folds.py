@@ -10,7 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 import graphopt
 from graphopt.data import DataSet
 from graphopt.engines import ort as ort_engine
-from graphopt.passes.int8 import Int8Options, Int8Pass, qdq_folds
+from graphopt.passes.int8 import Int8Options, Int8Pass
+from graphopt.passes.int8.methods import qdq_folds
 from graphopt.target import Target
 from tests.test_int8_transformer import _init, _model, _spiky, spiky_model
 

@@ -11,10 +11,10 @@ import graphopt
 from graphopt.data import DataSet
 from graphopt.engines import ort as ort_engine
 from graphopt.passes.int8 import Int8Options, Int8Pass
-from graphopt.passes.int8.attention_float import activation_matmuls
-from graphopt.passes.int8.outlier_split import outlier_channels
+from graphopt.passes.int8.methods.attention_float import activation_matmuls
+from graphopt.passes.int8.methods.outlier_split import outlier_channels
+from graphopt.passes.int8.methods.smoothquant import smoothquant
 from graphopt.passes.int8.scheme import quantizable_nodes, scheme_for
-from graphopt.passes.int8.smoothquant import smoothquant
 from graphopt.target import Target
 from graphopt.verify import mean_cosine
 

@@ -1,11 +1,10 @@
 """Calibration-based static int8 quantization.
 
-One module per step: :mod:`.scheme` (the Q/DQ layout for the target), :mod:`.calibration` (streaming
-ranges), :mod:`.smoothquant` / :mod:`.outlier_split` / :mod:`.attention_float` (transformer methods run
-before calibrating), :mod:`.equalization` (before calibrating), :mod:`.range_choice` (after it) and
-:mod:`.bias_correction` (after quantizing), :mod:`.gelu_fusion` (before calibrating, cpu), :mod:`.qdq_folds` (exact
-folds of the written QDQ graph, cpu), :mod:`.fallback` (accuracy-aware layers kept in float), :mod:`.trt_check` (TensorRT
-deployability), and :mod:`.quantize`, the pass that runs them in order.
+The core, one module per step: :mod:`.scheme` (the Q/DQ layout for the target), :mod:`.calibration`
+(streaming ranges), :mod:`.fallback` (accuracy-aware layers kept in float), :mod:`.trt_check` (TensorRT
+deployability), :mod:`.graph_edit` (shared graph helpers) and :mod:`.quantize`, the pass that runs them in order.
+The optional methods it runs at fixed points of that order (equalization, SmoothQuant, outlier split, range choice,
+bias correction, QDQ folds, …) live in :mod:`.methods`, one module each.
 """
 
 from graphopt.passes.int8.quantize import Int8Options, Int8Pass

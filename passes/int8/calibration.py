@@ -331,7 +331,7 @@ class CalibrationResult:
     """8-bit SQNR per tensor at its range (only with histograms, see :meth:`TensorHistogram.sqnr_db`)."""
     states: dict[str, TensorHistogram] = dataclasses.field(default_factory=dict)
     """The streamed state (min, max, ``|x|`` histogram) of every tensor, for choices made after calibration
-    (:mod:`graphopt.passes.int8.range_choice`)."""
+    (:mod:`graphopt.passes.int8.methods.range_choice`)."""
     symmetric: bool = False
 
     def with_ranges(self, ranges: dict[str, tuple[float, float]]) -> CalibrationResult:

@@ -4,25 +4,25 @@ Steps:
 1. refuse models that are already quantized or have no float weights to quantize;
 2. choose the scheme for the target (:mod:`graphopt.passes.int8.scheme`) and the nodes it
    quantizes (minus ``exclude_nodes`` / ``exclude_op_types``; on a CPU without VNNI minus the
-   activation×activation MatMuls, :mod:`graphopt.passes.int8.attention_float`);
+   activation×activation MatMuls, :mod:`graphopt.passes.int8.methods.attention_float`);
    then, on the float graph, (``cpu``) write MatMul + bias Add pairs as Gemm
-   (:mod:`graphopt.passes.int8.batched_gemm`), equalize consecutive Conv pairs exactly (cross-layer equalization,
-   :mod:`graphopt.passes.int8.equalization`) and, checked by measured SQNR, split the massive outlier
+   (:mod:`graphopt.passes.int8.methods.batched_gemm`), equalize consecutive Conv pairs exactly (cross-layer equalization,
+   :mod:`graphopt.passes.int8.methods.equalization`) and, checked by measured SQNR, split the massive outlier
    input channels of low-resolution layers off into a small float MatMul
-   (:mod:`graphopt.passes.int8.outlier_split`) and (opt-in) migrate activation outliers into the weights
-   (:mod:`graphopt.passes.int8.smoothquant`), and (``cpu``) write exact GELUs as one ``Gelu`` node
-   (:mod:`graphopt.passes.int8.gelu_fusion`); each method is reported under ``stats["methods"]``;
+   (:mod:`graphopt.passes.int8.methods.outlier_split`) and (opt-in) migrate activation outliers into the weights
+   (:mod:`graphopt.passes.int8.methods.smoothquant`), and (``cpu``) write exact GELUs as one ``Gelu`` node
+   (:mod:`graphopt.passes.int8.methods.gelu_fusion`); each method is reported under ``stats["methods"]``;
 3. calibrate the tensors those nodes read and write, streaming, one model run per batch
    (:mod:`graphopt.passes.int8.calibration`); warn on fewer than 32 samples or unsettled ranges;
    unless a method is given, give each tensor the candidate range with the lowest measured error
-   (:mod:`graphopt.passes.int8.range_choice`);
+   (:mod:`graphopt.passes.int8.methods.range_choice`);
    keep in float the layers whose input would quantize below ``min_sqnr_db`` (heavy-tailed
    activations such as BERT's FFN outputs: :func:`~graphopt.passes.int8.scheme.low_resolution_layers`);
 4. let onnxruntime.quantization write the QDQ graph from graphopt's ranges; measure the output-mean
    shift of each quantized layer on the calibration data, fold it into the biases and write it again
-   (:mod:`graphopt.passes.int8.bias_correction`); (``cpu``, after step 5) drop the outlier-split masks
+   (:mod:`graphopt.passes.int8.methods.bias_correction`); (``cpu``, after step 5) drop the outlier-split masks
    and fold constant scales after quantized MatMuls into their dequantization, both exact
-   (:mod:`graphopt.passes.int8.qdq_folds`);
+   (:mod:`graphopt.passes.int8.methods.qdq_folds`);
 5. with evaluation data and a ``max_accuracy_drop`` budget, run the accuracy-aware fallback
    (:mod:`graphopt.passes.int8.fallback`) so the most sensitive layers stay in float;
 6. for ``trt``, check the graph against TensorRT's explicit-quantization rules
@@ -52,7 +52,9 @@ from graphopt.data import DataSet, input_specs, probe_data
 from graphopt.errors import InputError, PreconditionFailed
 from graphopt.opset_upgrade import opset_version
 from graphopt.pass_base import GraphoptPass, GraphoptPassResult
-from graphopt.passes.int8 import (
+from graphopt.passes.int8.calibration import MIN_SAMPLES, CalibMethod, calibrate
+from graphopt.passes.int8.fallback import Evaluator, batch1_latency_ms, edits_of, run_fallback
+from graphopt.passes.int8.methods import (
     attention_float,
     batched_gemm,
     bias_correction,
@@ -61,8 +63,7 @@ from graphopt.passes.int8 import (
     qdq_folds,
     range_choice,
 )
-from graphopt.passes.int8.calibration import MIN_SAMPLES, CalibMethod, calibrate
-from graphopt.passes.int8.fallback import Evaluator, batch1_latency_ms, edits_of, run_fallback
+from graphopt.passes.int8.methods.smoothquant import smoothquant
 from graphopt.passes.int8.scheme import (
     FLOAT_OUTPUT_OK,
     WEIGHTED_OPS,
@@ -75,7 +76,6 @@ from graphopt.passes.int8.scheme import (
     scheme_for,
     tensors_to_calibrate,
 )
-from graphopt.passes.int8.smoothquant import smoothquant
 from graphopt.passes.int8.trt_check import check_trt_qdq
 
 

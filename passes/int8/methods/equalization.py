@@ -39,8 +39,8 @@ import onnx
 from onnx import numpy_helper
 
 from graphopt.passes.int8.graph_edit import drop_unused_initializers, initializer_array, new_initializer
+from graphopt.passes.int8.methods.smoothquant import fake_quant_weight
 from graphopt.passes.int8.scheme import Int8Scheme, graph_links
-from graphopt.passes.int8.smoothquant import fake_quant_weight
 from graphopt.verify import sqnr_db
 
 HOMOGENEOUS = ("Identity", "Relu", "LeakyRelu", "PRelu")

@@ -29,7 +29,7 @@ import onnx
 from onnx import helper
 
 from graphopt.passes.int8.graph_edit import new_initializer, unique_node_name, unique_tensor_name
-from graphopt.passes.int8.smoothquant import MatMulLayer
+from graphopt.passes.int8.methods.smoothquant import MatMulLayer
 
 RATIO = 6.0
 """A channel is an outlier when its peak is above this multiple of the median channel peak."""

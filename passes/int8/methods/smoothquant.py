@@ -204,7 +204,7 @@ def smoothquant(model: onnx.ModelProto, data: DataSet, nodes: Iterable[str], sch
     quantizes below ``split_below_db`` (:func:`input_sqnr_db`; the layers int8 would otherwise keep in
     float), and every activation smoothed where it gains and folds exactly (``smooth``; module
     docstring); ``model`` is not edited."""
-    from graphopt.passes.int8.outlier_split import outlier_channels, split_outliers
+    from graphopt.passes.int8.methods.outlier_split import outlier_channels, split_outliers
 
     groups = smoothable_groups(model, nodes)
     if not groups or not (smooth or split):
