@@ -20,8 +20,10 @@ input       thr    Add (fused: SkipLayerNorm)      Sum + LayerNorm  ratio
 so MiniLM-L6 (6 such sums) ran 3.5 % *slower* after ``simplify`` than before it. ``Sum`` of two tensors
 is the same elementwise addition, bit for bit, with the same broadcasting (opset ≥ 8), and no
 onnxruntime fusion pattern starts from it. The rule: an ``Add`` of two computed tensors (no
-constant: a bias Add stays), not a graph output, whose every reader is a ``LayerNormalization``
-reading it as its data input, or the ``ReduceMean`` + ``Sub`` pair that opens a decomposed LayerNorm.
+constant: a bias Add stays), not a graph output, no input of a known rank other than 3 (onnxruntime does not
+fuse those; :mod:`graphopt.passes.token_rows` leaves 2-D ones), whose every reader is a
+``LayerNormalization`` reading it as its data input, or the ``ReduceMean`` + ``Sub`` pair that opens a
+decomposed LayerNorm.
 For the ``cpu`` target only: the CUDA kernel is fast and TensorRT matches its own patterns.
 """
 
@@ -68,6 +70,8 @@ def residual_sums(model: ir.Model) -> list[str]:
         if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
             continue
         if any(_is_constant(value) for value in node.inputs):
+            continue
+        if any(value.shape is not None and len(value.shape) != 3 for value in node.inputs):
             continue
         output = node.outputs[0]
         if output.is_graph_output() or not _opens_layer_norm(output):

@@ -7,12 +7,12 @@ Steps:
    weights over protobuf's 2 GB limit: onnxsim needs the whole model in one proto);
 2. onnx_ir cleanup: constants lifted to initializers, identity elimination, common
    subexpression elimination, unused nodes / initializers / functions / opsets removed;
-3. (``cpu`` target) residual Adds read by a LayerNorm written as ``Sum``, so onnxruntime keeps
-   Add + LayerNormalization instead of its slower CPU SkipLayerNormalization
-   (:mod:`graphopt.passes.residual_sum`);
-4. (``cpu`` target) transformer activations kept as 2-D ``[tokens, channels]`` rows between their Gemms,
+3. (``cpu`` target) transformer activations kept as 2-D ``[tokens, channels]`` rows between their Gemms,
    which drops the flatten / unflatten Reshapes and their shape chains (:mod:`graphopt.passes.token_rows`),
-   then common subexpressions and unused nodes removed again.
+   then common subexpressions and unused nodes removed again;
+4. (``cpu`` target) residual Adds of 3-D tensors read by a LayerNorm written as ``Sum``, so onnxruntime keeps
+   Add + LayerNormalization instead of its slower CPU SkipLayerNormalization
+   (:mod:`graphopt.passes.residual_sum`).
 
 The pass is ``lossless``: the PassManager compares its outputs with the original model on the
 evaluation data (or probe inputs) and rolls it back when they differ.
@@ -81,22 +81,19 @@ class SimplifyPass(GraphoptPass):
                     working = simplified
                 if note:
                     notes.append(note)
-        cleanup: list[ir.passes.PassBase] = [
-            ir_common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-            ir_common.IdentityEliminationPass(),
-        ]
-        if self.options.eliminate_common_subexpressions:
-            cleanup.append(ir_common.CommonSubexpressionEliminationPass())
-        cleanup += [ir_common.RemoveUnusedNodesPass(), ir_common.RemoveUnusedFunctionsPass(),
-                    ir_common.RemoveUnusedOpsetsPass()]
-        ir.passes.Sequential(*cleanup)(working)
+        merge_and_prune: list[ir.passes.PassBase] = (
+            [ir_common.CommonSubexpressionEliminationPass()] if self.options.eliminate_common_subexpressions else [])
+        merge_and_prune += [ir_common.RemoveUnusedNodesPass(), ir_common.RemoveUnusedFunctionsPass(),
+                            ir_common.RemoveUnusedOpsetsPass()]
+        ir.passes.Sequential(ir_common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                             ir_common.IdentityEliminationPass(), *merge_and_prune)(working)
         on_cpu = self.context.target.kind == "cpu"
-        sums = residual_sums(working) if self.options.residual_sum and on_cpu else []
         rows_moved = 0
         if self.options.token_rows and on_cpu:
             working, rows_moved = token_rows(working)
             if rows_moved:  # the per-layer shape chains are now equal: CSE merges them
-                ir.passes.Sequential(*cleanup[2:])(working)
+                ir.passes.Sequential(*merge_and_prune)(working)
+        sums = residual_sums(working) if self.options.residual_sum and on_cpu else []
         after = op_histogram(working)
         removed = {op: before[op] - after.get(op, 0) for op in before if before[op] > after.get(op, 0)}
         stats = {"nodes_removed": sum(before.values()) - sum(after.values())}

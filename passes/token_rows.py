@@ -25,9 +25,9 @@ are provably the same, so their shapes are equal. Then: ``Reshape(v, [−1, C])`
 input dim); ``Shape(v)`` is ``Concat(lead, [C])`` and ``Shape(v)[:−1]`` is lead, so the per-layer shape chains
 of the attention reshapes become one (common-subexpression elimination merges them afterwards); a 3-D
 tensor still read elsewhere (a pooling, a graph output's producer) is rebuilt as ``Reshape(rows, Concat(lead, [C]))``.
-A two-input ``Sum`` on rows is written back as ``Add`` (:mod:`graphopt.passes.residual_sum` wrote it to
-dodge onnxruntime's SkipLayerNormalization fusion, which needs 3-D inputs; on 2-D rows the Add stays an Add,
-and onnxruntime runs it on all threads: MiniLM-L6 int8, 2 threads, 1.5 % faster than with Sum).
+The rows carry their 2-D shape ``[?, C]``, which tells :mod:`graphopt.passes.residual_sum` (run after this)
+to leave their residual Adds alone: onnxruntime fuses SkipLayerNormalization only for 3-D inputs, and the 2-D
+Add runs on all threads (MiniLM-L6 int8, 2 threads: 1.5 % faster than as ``Sum``).
 
 The values are the same and each is computed by the same op. The outputs can still differ in the last bits:
 onnxruntime fuses a 2-D ``MatMul`` + bias ``Add`` into one ``Gemm`` (it does not for 3-D), which adds the
@@ -158,7 +158,7 @@ class _TokenRows:
             return
         rank = _rank(value)
         self.facts[value] = _Rows(_Lead(source=value, length=None if rank is None else rank - 1),
-                                  _last_dim(value) or 0, rows=self.flatten_targets[value])
+                                  _last_dim(value), rows=self.flatten_targets[value])
 
     def _visit(self, node: ir.Node) -> None:
         op = node.op_type
@@ -179,7 +179,8 @@ class _TokenRows:
         constant = _ints(target)
         if known is not None and known.channels is not None:
             if constant == [-1, known.channels]:
-                self.flattens.append(node)
+                if node.outputs[0] is not known.rows:  # not the source's own flatten
+                    self.flattens.append(node)
             elif self._target_has_no_zero(node):
                 self.reshapes.append(node)
             return
@@ -416,12 +417,11 @@ class _TokenRows:
             attributes = dict(node.attributes)
             if node.op_type == "LayerNormalization":
                 attributes["axis"] = ir.AttrInt64("axis", -1)
-            op_type, version = node.op_type, node.version
-            if op_type == "Sum" and len(node.inputs) == 2:
-                op_type, version = "Add", None  # residual_sum's reason is gone: see the module docstring
-            row_output = ir.Value(name=self._name(output.name or node.op_type))
-            self.graph.append(ir.Node(node.domain, op_type, self._row_inputs(node), attributes=attributes.values(),
-                                      outputs=[row_output], version=version, name=self._name(node.name or node.op_type)))
+            row_output = ir.Value(name=self._name(output.name or node.op_type), type=output.type,
+                                  shape=ir.Shape([None, self.facts[output].channels]))
+            self.graph.append(ir.Node(node.domain, node.op_type, self._row_inputs(node), attributes=attributes.values(),
+                                      outputs=[row_output], version=node.version,
+                                      name=self._name(node.name or node.op_type)))
             self.facts[output].rows = row_output
         for node in self.flattens:
             node.outputs[0].replace_all_uses_with(self.rows(node.inputs[0]))

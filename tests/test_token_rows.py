@@ -188,6 +188,11 @@ def test_simplify_runs_it_on_cpu_only(tmp_path):
     original = _encoder()
     cpu = optimize(original, tmp_path / "cpu.onnx", target="cpu")
     assert cpu.report.rows[0].stats["ops_on_token_rows"] == 10
+    # the residual Adds now run on rows: residual_sum (after token_rows) leaves them Adds, ORT does not fuse 2-D
+    assert "Sum" not in [n.op_type for n in onnx.load(str(tmp_path / "cpu.onnx")).graph.node]
+    foreign = optimize(_encoder(foreign_residual=True), tmp_path / "foreign.onnx", target="cpu")
+    assert [n.op_type for n in onnx.load(str(tmp_path / "foreign.onnx")).graph.node].count("Sum") == 1  # the 3-D one
+    assert foreign.report.rows[0].stats["residual_sums"] == 1
     feeds = _feeds(original, 2, 6)
     for got, want in zip(_run(onnx.load(str(tmp_path / "cpu.onnx")), feeds), _run(original, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
