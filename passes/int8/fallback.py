@@ -39,6 +39,7 @@ import onnx_ir as ir
 from graphopt.console import track
 from graphopt.data import DataSet, input_specs
 from graphopt.engines import ort as ort_engine
+from graphopt.passes.int8.graph_edit import drop_unused_initializers
 from graphopt.passes.int8.scheme import (
     FLOAT_OUTPUT_OK,
     bypass_qdq,
@@ -269,7 +270,7 @@ def _restore_fused_activations(model: onnx.ModelProto, original: onnx.ModelProto
 
 
 def _remove_dead(model: onnx.ModelProto) -> None:
-    """Remove nodes no graph output depends on, then unused initializers."""
+    """Remove nodes no graph output depends on, then the initializers nothing reads any more."""
     graph = model.graph
     needed = {o.name for o in graph.output}
     keep = []
@@ -281,9 +282,7 @@ def _remove_dead(model: onnx.ModelProto) -> None:
         keep.reverse()
         del graph.node[:]
         graph.node.extend(keep)
-    unused = [i for i in graph.initializer if i.name not in needed]
-    for init in unused:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)
 
 
 def _topological_sort(model: onnx.ModelProto) -> None:

@@ -26,8 +26,10 @@ def initializer_array(init: onnx.TensorProto) -> np.ndarray:
 
 
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    """Remove the initializers that no node and no graph input reads (left behind by edits)."""
-    read = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
+    """Remove the initializers that no node reads and that are neither a graph input nor a graph output
+    (left behind by edits)."""
+    read = ({name for node in graph.node for name in node.input} | {i.name for i in graph.input}
+            | {o.name for o in graph.output})
     for init in [i for i in graph.initializer if i.name not in read]:
         graph.initializer.remove(init)
 

@@ -343,9 +343,7 @@ def drop_output_qdq_into_float(model: onnx.ModelProto, quantized: set[str]) -> i
     for node in drop:
         graph.node.remove(node)
     if removed:
-        used = {name for node in graph.node for name in node.input}
-        for init in [i for i in graph.initializer if i.name not in used]:
-            graph.initializer.remove(init)
+        drop_unused_initializers(graph)
     return removed
 
 
