@@ -37,6 +37,9 @@ OPTIONS = [
     click.option("--no-gelu-fusion", is_flag=True,
                  help="int8 (cpu): keep five-node GELUs as they are instead of one ONNX Gelu node (opset 20), "
                       "which onnxruntime runs as one kernel in a quantized graph."),
+    click.option("--no-silu-fusion", is_flag=True,
+                 help="int8 (cpu): keep SiLUs (x·sigmoid(x)) as Sigmoid + Mul instead of one onnxruntime "
+                      "QuickGelu node, which it runs as one kernel in a quantized graph."),
     click.option("--no-qdq-folds", is_flag=True,
                  help="int8 (cpu): keep outlier-split masks and constant scales after quantized MatMuls as float "
                       "ops instead of folding them into the Q/DQ nodes (exact either way)."),
@@ -49,7 +52,7 @@ OPTIONS = [
 
 _INT8_ONLY = ("calib_method", "calib_samples", "calib_random", "exclude_nodes", "exclude_op_types", "keep_best",
               "smoothquant", "no_outlier_split", "no_float_attention", "no_range_choice", "no_equalization",
-              "no_bias_correction", "no_gelu_fusion", "no_qdq_folds", "no_batched_gemm")
+              "no_bias_correction", "no_gelu_fusion", "no_silu_fusion", "no_qdq_folds", "no_batched_gemm")
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -84,6 +87,7 @@ def build_pass(params: dict):
         equalization=not params.get("no_equalization"),
         bias_correction=not params.get("no_bias_correction"),
         gelu_fusion=not params.get("no_gelu_fusion"),
+        silu_fusion=not params.get("no_silu_fusion"),
         qdq_folds=not params.get("no_qdq_folds"),
         batched_gemm=not params.get("no_batched_gemm"),
     ))

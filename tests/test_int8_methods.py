@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -17,6 +18,7 @@ from graphopt.passes.int8.methods.equalization import equalize, find_pairs
 from graphopt.passes.int8.methods.range_choice import candidates, choose_ranges, expected_error
 from graphopt.passes.int8.scheme import quantizable_nodes, quantize_qdq, scheme_for
 from graphopt.target import Target
+from graphopt.verify import mean_cosine
 
 RNG = np.random.default_rng(7)
 NO_VNNI = Target("cpu", cpu_vnni=False)
@@ -130,6 +132,80 @@ def test_gelu_fusion_is_exact_and_survives_quantization():
     assert next(m for m in stats["methods"] if m["method"] == "gelu-fusion")["changed"].startswith("1 exact GELU")
     _, plain = _run(model, DataSet({"x": _x(48)}), equalization=False, bias_correction=False, gelu_fusion=False)
     assert "Gelu" not in {n.op_type for n in plain.graph.node} and "Erf" in {n.op_type for n in plain.graph.node}
+
+
+# --- SiLU fusion ---------------------------------------------------------------------------------
+
+def silu_model(extra_reader: bool = False):
+    """x → Conv 1×1 → SiLU (Sigmoid, Mul) → Conv 1×1 → y; ``extra_reader``: the Sigmoid also feeds the output sum."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="pw1"),
+             helper.make_node("Sigmoid", ["h"], ["hs"], name="silu_sigmoid"),
+             helper.make_node("Mul", ["hs", "h"], ["g"], name="silu_mul"),
+             helper.make_node("Conv", ["g", "w2"], ["y0" if extra_reader else "y"], name="pw2")]
+    if extra_reader:
+        nodes.append(helper.make_node("Add", ["y0", "hs"], ["y"], name="side"))
+    inits = [_init("w1", RNG.standard_normal((8, 4, 1, 1))), _init("b1", RNG.standard_normal(8)),
+             _init("w2", RNG.standard_normal((8 if extra_reader else 6, 8, 1, 1)) * 0.5)]
+    return _model(nodes, inits, 8 if extra_reader else 6)
+
+
+def _ort_ops(model, tmp_path):
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "ort.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "ort.onnx")).graph.node]
+
+
+def test_sigmoid_gates_run_in_int8_on_cpu(tmp_path):
+    """The SiLU between two quantized convs is quantized itself: onnxruntime runs QLinearSigmoid + QLinearMul."""
+    model = silu_model()
+    nodes = quantizable_nodes(model, scheme_for(Target("cpu", cpu_vnni=True)))
+    assert {"silu_sigmoid", "silu_mul"} <= set(nodes)
+    stats, proto = _run(model, DataSet({"x": _x(48)}), equalization=False, bias_correction=False)
+    ops = _ort_ops(proto, tmp_path)
+    assert {"QLinearSigmoid", "QLinearMul"} <= set(ops) and not {"Sigmoid", "Mul", "QuickGelu"} & set(ops)
+    assert next(m for m in stats["methods"] if m["method"] == "silu-fusion")["changed"] == "no SiLU left in float"
+    feeds = {"x": _x()}
+    assert mean_cosine(ort_engine.build(model).run(feeds)["y"], ort_engine.build(proto).run(feeds)["y"]) > 0.99
+    # a Mul that is no sigmoid gate stays float
+    plain_mul = silu_model()
+    plain_mul.graph.node[1].op_type = "Relu"  # Mul(h, Relu(h))
+    assert "silu_mul" not in quantizable_nodes(plain_mul, scheme_for(Target("cpu", cpu_vnni=True)))
+
+
+def test_silu_fusion_writes_float_silus_as_one_kernel(tmp_path):
+    from graphopt.passes.int8.methods.silu_fusion import fuse_silus
+
+    model = silu_model()
+    fused, count = fuse_silus(model)
+    assert count == 1 and [n.op_type for n in fused.graph.node] == ["Conv", "QuickGelu", "Conv"]
+    feeds = {"x": _x()}
+    np.testing.assert_allclose(ort_engine.build(fused).run(feeds)["y"], ort_engine.build(model).run(feeds)["y"],
+                               rtol=1e-5, atol=1e-5)
+    assert fuse_silus(model, quantized={"silu_mul"}) == (model, 0)  # a quantized gate is left to int8
+    # the SiLU kept in float (--int8-exclude): fused, and onnxruntime runs one kernel instead of DQ, Sigmoid, Mul
+    data, kept_float = DataSet({"x": _x(48)}), ("silu_sigmoid", "silu_mul")
+    stats, proto = _run(model, data, equalization=False, bias_correction=False, exclude_nodes=kept_float)
+    assert next(m for m in stats["methods"] if m["method"] == "silu-fusion")["changed"].startswith("1 float SiLU")
+    _, plain = _run(model, data, equalization=False, bias_correction=False, exclude_nodes=kept_float,
+                    silu_fusion=False)
+    assert "Sigmoid" in _ort_ops(plain, tmp_path) and "QuickGelu" not in _ort_ops(plain, tmp_path)
+    assert "QuickGelu" in _ort_ops(proto, tmp_path) and "Sigmoid" not in _ort_ops(proto, tmp_path)
+    reference = ort_engine.build(model).run(feeds)["y"]
+    fused_cos = mean_cosine(reference, ort_engine.build(proto).run(feeds)["y"])
+    plain_cos = mean_cosine(reference, ort_engine.build(plain).run(feeds)["y"])
+    assert fused_cos > 0.99 and fused_cos >= plain_cos - 0.005  # as accurate as the two-node float SiLU
+
+
+def test_silu_fusion_leaves_a_sigmoid_read_elsewhere_and_other_targets():
+    from graphopt.passes.int8.methods.silu_fusion import find_silus
+
+    assert find_silus(silu_model(extra_reader=True)) == []
+    assert len(find_silus(silu_model())) == 1
+    result = graphopt.optimize(silu_model(), passes=[Int8Pass(Int8Options(equalization=False))],
+                               calib_data=DataSet({"x": _x(48)}), target="trt", cache=False)
+    assert not {"QuickGelu", "QLinearSigmoid"} & {n.op_type for n in graphopt.model_io.to_proto(result.model).graph.node}
 
 
 def test_gelu_fusion_leaves_a_gelu_whose_inner_value_is_read_elsewhere():
@@ -272,11 +348,12 @@ def test_an_explicit_calibration_method_is_not_overridden_by_the_range_choice():
     (["--no-equalization"], {"equalization"}),
     (["--no-bias-correction"], {"bias-correction"}),
     (["--no-gelu-fusion"], {"gelu-fusion"}),
+    (["--no-silu-fusion"], {"silu-fusion"}),
     (["--no-qdq-folds"], {"qdq-folds"}),
     (["--no-batched-gemm"], {"batched-gemm"}),
-    (["--no-range-choice", "--no-equalization", "--no-bias-correction", "--no-gelu-fusion", "--no-qdq-folds",
-      "--no-batched-gemm"],
-     {"range-choice", "equalization", "bias-correction", "gelu-fusion", "qdq-folds", "batched-gemm"}),
+    (["--no-range-choice", "--no-equalization", "--no-bias-correction", "--no-gelu-fusion", "--no-silu-fusion",
+      "--no-qdq-folds", "--no-batched-gemm"],
+     {"range-choice", "equalization", "bias-correction", "gelu-fusion", "silu-fusion", "qdq-folds", "batched-gemm"}),
 ])
 def test_cli_flags_turn_the_methods_off(tmp_path, flags, absent):
     import json
@@ -301,6 +378,7 @@ def test_cli_flags_turn_the_methods_off(tmp_path, flags, absent):
                                               ("equalization", defaults.equalization),
                                               ("bias-correction", defaults.bias_correction),
                                               ("gelu-fusion", defaults.gelu_fusion),
+                                              ("silu-fusion", defaults.silu_fusion),
                                               ("qdq-folds", defaults.qdq_folds),
                                               ("batched-gemm", defaults.batched_gemm)) if flag}
     assert on_by_default - absent <= methods

@@ -209,7 +209,8 @@ def test_flags_turn_every_method_off_and_smoothquant_on(tmp_path):
                                        "--int8", "--calib-data", str(calib_path), "--target", "cpu",
                                        "--no-outlier-split", "--no-float-attention", "--no-range-choice",
                                        "--no-equalization", "--no-bias-correction", "--no-gelu-fusion",
-                                       "--no-qdq-folds", "--no-batched-gemm", "--report", str(report), "--no-cache"])
+                                       "--no-silu-fusion", "--no-qdq-folds", "--no-batched-gemm", "--report", str(report),
+                                       "--no-cache"])
     assert result.exit_code == 0, result.output
     import json
 

@@ -25,6 +25,7 @@ Variants (``VARIANTS``; a later issue adds one with :func:`variant`). A variant 
 * ``graphopt-int8-only-range-choice`` / ``-only-equalization`` / ``-only-bias-correction`` — ``graphopt-int8-before``
   plus that one recogniser method; ``graphopt-int8-recogniser-methods`` — plus all three (the ablation);
   ``graphopt-int8-no-gelu-fusion`` — ``graphopt-int8`` with the five-node GELUs left as they are;
+  ``graphopt-int8-no-silu-fusion`` — ``graphopt-int8`` with the SiLUs left as Sigmoid + Mul;
 * ``ort-int8-default`` — ``onnxruntime.quantization.quantize_static(model, out, reader)``, every option at
   its default (QDQ, QInt8 activations and weights, per-tensor, MinMax), on the model as given;
 * ``ort-int8-tuned`` — the fastest accurate settings found by hand for this CPU (x86 with AVX-512 VNNI),
@@ -166,7 +167,7 @@ def _graphopt_int8(case: Case, out: Path) -> Converted:
 
 GRAPHOPT_INT8_BEFORE_ISSUE12 = {"smoothquant": False, "outlier_split": False, "float_attention_matmuls": False,
                                 "range_choice": False, "equalization": False, "bias_correction": False,
-                                "gelu_fusion": False}
+                                "gelu_fusion": False, "silu_fusion": False}
 """The int8 options that turn off every method issue 12 added (what ``main`` ran before it)."""
 
 
@@ -185,6 +186,7 @@ for _method in _RECOGNISER_METHODS:  # each recogniser method alone, the others 
                    {**GRAPHOPT_INT8_BEFORE_ISSUE12, **{m: m == _method for m in _RECOGNISER_METHODS}})
 _int8_ablation("recogniser-methods", {**GRAPHOPT_INT8_BEFORE_ISSUE12, **dict.fromkeys(_RECOGNISER_METHODS, True)})
 _int8_ablation("no-gelu-fusion", {"gelu_fusion": False})
+_int8_ablation("no-silu-fusion", {"silu_fusion": False})
 _int8_ablation("no-qdq-folds", {"qdq_folds": False})
 
 

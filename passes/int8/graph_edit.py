@@ -34,6 +34,13 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
         graph.initializer.remove(init)
 
 
+def other_input(node: onnx.NodeProto, name: str) -> str | None:
+    """The input of a two-input node that is not ``name`` (``None`` when ``name`` is not one of its inputs)."""
+    if len(node.input) != 2 or name not in node.input:
+        return None
+    return node.input[1] if node.input[0] == name else node.input[0]
+
+
 def bias_add(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
              channels: int) -> tuple[onnx.NodeProto, int] | None:
     """The ``Add`` that alone reads ``node``'s output (not a graph output) and adds a constant of ``channels``

@@ -62,6 +62,7 @@ from graphopt.passes.int8.methods import (
     gelu_fusion,
     qdq_folds,
     range_choice,
+    silu_fusion,
 )
 from graphopt.passes.int8.methods.smoothquant import smoothquant
 from graphopt.passes.int8.scheme import (
@@ -132,6 +133,9 @@ class Int8Options:
     gelu_fusion: bool = True
     """On the ``cpu`` target write each exact five-node GELU as one ONNX ``Gelu`` (opset 20), which
     onnxruntime runs as one kernel in a QDQ graph too (:mod:`.gelu_fusion`)."""
+    silu_fusion: bool = True
+    """On the ``cpu`` target write each SiLU ``x·sigmoid(x)`` as one onnxruntime ``QuickGelu``, which it runs
+    as one kernel in a QDQ graph too (:mod:`.silu_fusion`)."""
     qdq_folds: bool = True
     """On the ``cpu`` target drop the outlier-split masks and fold constant scales after quantized MatMuls
     into their DequantizeLinear, both exact (:mod:`.qdq_folds`)."""
@@ -216,6 +220,9 @@ class Int8Pass(GraphoptPass):
             # exact; after SmoothQuant, which folds its 1/s into GELU's ×0.5 (a vector then: left unfused)
             proto, fused, why = gelu_fusion.fuse_gelus(proto)
             methods.append(gelu_fusion.report(fused, why))
+        if options.silu_fusion and scheme.target == "cpu":
+            proto, fused = silu_fusion.fuse_silus(proto, set(nodes))
+            methods.append(silu_fusion.report(fused))
         tensors = tensors_to_calibrate(proto, nodes)
         choose = options.range_choice and options.calib_method is None
         calib = calibrate(proto, data, tensors, method, batch_size=options.calib_batch_size,

@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 
 from graphopt import large
 from graphopt.opset_upgrade import UpgradeError, opset_version, upgrade
-from graphopt.passes.int8.graph_edit import drop_unused_initializers
+from graphopt.passes.int8.graph_edit import drop_unused_initializers, other_input
 from graphopt.passes.int8.scheme import graph_links
 
 GELU_OPSET = 20
@@ -36,13 +36,6 @@ def _scalar(inits: dict[str, onnx.TensorProto], name: str) -> float | None:
         return None
     value = numpy_helper.to_array(init)
     return float(value.reshape(-1)[0]) if value.size == 1 else None
-
-
-def _other(node: onnx.NodeProto, name: str) -> str | None:
-    """The input of a two-input node that is not ``name`` (``None`` when ``name`` is not an input)."""
-    if len(node.input) != 2 or name not in node.input:
-        return None
-    return node.input[1] if node.input[0] == name else node.input[0]
 
 
 def find_gelus(model: onnx.ModelProto) -> list[tuple[str, list[onnx.NodeProto]]]:
@@ -66,13 +59,13 @@ def find_gelus(model: onnx.ModelProto) -> list[tuple[str, list[onnx.NodeProto]]]
         x = div.input[0]
         erf = only_reader(div.output[0], "Erf")
         add = erf and only_reader(erf.output[0], "Add")
-        if add is None or _scalar(inits, _other(add, erf.output[0]) or "") != 1.0:
+        if add is None or _scalar(inits, other_input(add, erf.output[0]) or "") != 1.0:
             continue
         mul = only_reader(add.output[0], "Mul")
-        if mul is None or _other(mul, add.output[0]) != x:
+        if mul is None or other_input(mul, add.output[0]) != x:
             continue
         half = only_reader(mul.output[0], "Mul")
-        if half is None or _scalar(inits, _other(half, mul.output[0]) or "") != 0.5:
+        if half is None or _scalar(inits, other_input(half, mul.output[0]) or "") != 0.5:
             continue
         found.append((x, [div, erf, add, mul, half]))
     return found
