@@ -52,11 +52,12 @@ int8 kernels or drops the Q/DQ pair around them)."""
 CPU_GATE_OPS = ("Sigmoid", "Mul")
 """A sigmoid gate on CPU: ``Sigmoid`` and a ``Mul`` reading a Sigmoid output (SiLU ``x·σ(x)``, squeeze-excitation
 ``x·σ(s)``); other Muls stay float. Like the flow ops they are kept only between quantized layers.
-Measured (onnxruntime 1.31, batch 4, AVX-512 VNNI, interleaved runs; latency × fp32 at 1 / 2 threads):
-EfficientNet-224 (49 gates) 0.83 / 1.02 with its SiLUs in float (as one QuickGelu each, :mod:`.methods.silu_fusion`)
-→ 0.68 / 0.82 as QLinearSigmoid + QLinearMul, cosine to fp32 0.9708 → 0.9705; MobileViT-256 (29) 0.81 / 0.92 →
-0.72 / 0.74, cosine 0.9874 → 0.9863 (top-1 agreement with fp32 on its 16 eval images 13 → 11, as ORT's hand-tuned
-quantize_static; the zoo models have seeded random weights, whose near-tied logits flip easily)."""
+Measured (``tools/bench.py``, onnxruntime 1.31, batch 4, AVX-512 VNNI; latency × fp32 at 1 / 2 threads; README's
+int8 section): EfficientNet-224 (49 gates) 0.82 / 0.99 with its SiLUs in float (one QuickGelu each,
+:mod:`.methods.silu_fusion`) → 0.72 / 0.90 as QLinearSigmoid + QLinearMul, cosine to fp32 0.9708 → 0.9705;
+MobileViT-256 (29) 0.72 / 0.88 → 0.73 / 0.70, cosine 0.9874 → 0.9863 (top-1 agreement with fp32 on its 16 eval
+images 13 → 11, as ORT's hand-tuned quantize_static; the zoo models have seeded random weights, whose near-tied
+logits flip easily)."""
 EMBEDDING_MIN_BYTES = 1 << 20
 """A constant ``Gather`` table at least this big is stored in int8 even when only float ops read the
 lookup (:func:`keep_int8_flow`). A lookup of an 8-bit table adds only the table's own rounding;
