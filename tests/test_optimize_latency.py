@@ -28,6 +28,28 @@ def test_latency_rows_are_measured_on_this_machine(model_path, eval_path, tmp_pa
     assert json.loads(json.dumps(result.report.to_dict(), default=str))["latency"]["measured"]
 
 
+def test_a_clearly_slower_optimized_model_is_a_warning(model_path, tmp_path, monkeypatch):
+    import graphopt.profiling.speedup as speedup
+    from graphopt.api import SLOWER_WARNING_RATIO
+
+    measured = speedup.measure_speedup
+
+    def scaled(ratio):
+        def measure(*args, **kwargs):
+            latency = measured(*args, **kwargs)
+            latency["optimized"]["p50_ms"] = latency["original"]["p50_ms"] * ratio
+            latency["ratio_p50"] = ratio
+            return latency
+        return measure
+
+    monkeypatch.setattr(speedup, "measure_speedup", scaled(SLOWER_WARNING_RATIO + 0.2))
+    slow = graphopt.optimize(model_path, tmp_path / "slow.onnx", target="cpu", cache=False, latency_budget=0.2)
+    assert any(w.startswith(f"the optimized model runs {SLOWER_WARNING_RATIO + 0.2:.2f}×") for w in slow.report.warnings)
+    monkeypatch.setattr(speedup, "measure_speedup", scaled(SLOWER_WARNING_RATIO - 0.05))
+    level = graphopt.optimize(model_path, tmp_path / "level.onnx", target="cpu", cache=False, latency_budget=0.2)
+    assert not any("original's latency" in w for w in level.report.warnings)
+
+
 def test_cli_table_shows_the_latency_and_no_latency_skips_it(model_path, tmp_path, monkeypatch):
     monkeypatch.delenv("GRAPHOPT_LATENCY_BUDGET")
     runner = CliRunner()
