@@ -30,7 +30,7 @@ def test_latency_rows_are_measured_on_this_machine(model_path, eval_path, tmp_pa
 
 def test_a_clearly_slower_optimized_model_is_a_warning(model_path, tmp_path, monkeypatch):
     import graphopt.profiling.speedup as speedup
-    from graphopt.api import SLOWER_WARNING_RATIO
+    from graphopt.profiling.speedup import SLOWER_WARNING_RATIO
 
     measured = speedup.measure_speedup
 

@@ -74,3 +74,21 @@ def measure_speedup(original: ir.Model, optimized: ir.Model, target: Target, bud
     return {**base, "measured": True, "providers": engines["optimized"].providers, "batch": batch,
             "rounds": timings.rounds, "original": stats["original"].to_dict(), "optimized": stats["optimized"].to_dict(),
             "ratio_p50": stats["optimized"].p50_ms / stats["original"].p50_ms}
+
+
+SLOWER_WARNING_RATIO = 1.05
+"""The optimized model's median latency over the original's above which optimize warns. The interleaved
+2-second medians of two equal models stay within a few percent of each other. Met in practice by int8 on
+MobileNetV3-Small (its small int8 convs are slower than onnxruntime's fp32 NCHWc ones, and its HardSwish /
+HardSigmoid gates, fused into the fp32 convs, have no int8 kernel): 1.07–1.12× at batch 1, 2 threads
+(1.42× at batch 4)."""
+
+
+def slower_warning(latency: dict | None) -> str | None:
+    """A warning line when ``latency`` (:func:`measure_speedup`) shows the optimized model slower than the original
+    by more than :data:`SLOWER_WARNING_RATIO`, else ``None``."""
+    if not latency or not latency.get("measured") or latency["ratio_p50"] <= SLOWER_WARNING_RATIO:
+        return None
+    return (f"the optimized model runs {latency['ratio_p50']:.2f}× the original's latency here ({latency['target']}, "
+            f"{latency['threads']} thread(s), batch {latency['batch']}: p50 {latency['optimized']['p50_ms']:.2f} vs "
+            f"{latency['original']['p50_ms']:.2f} ms); the passes cost speed on this model")
